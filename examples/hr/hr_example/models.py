@@ -1,0 +1,86 @@
+"""Request and response bodies of the HR API."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+T = TypeVar("T")
+LeaveKind = Literal["vacation", "sick", "parental", "unpaid"]
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; pass ``next`` back as ``?after=`` for the following page."""
+
+    items: list[T]
+    next: int | None = None
+
+
+class DepartmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=120)
+
+
+class Department(DepartmentIn):
+    id: int
+    headcount: int = 0
+    created_at: datetime
+
+
+class EmployeeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    first_name: str = Field(min_length=1, max_length=80)
+    last_name: str = Field(min_length=1, max_length=80)
+    email: EmailStr
+    title: str = Field(default="", max_length=120)
+    department_id: int = Field(gt=0)
+    hired_on: date
+
+
+class EmployeePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    first_name: str | None = Field(default=None, min_length=1, max_length=80)
+    last_name: str | None = Field(default=None, min_length=1, max_length=80)
+    email: EmailStr | None = None
+    title: str | None = Field(default=None, max_length=120)
+    department_id: int | None = Field(default=None, gt=0)
+    hired_on: date | None = None
+
+
+class Employee(BaseModel):
+    id: int
+    first_name: str
+    last_name: str
+    email: str
+    title: str
+    department_id: int
+    hired_on: date
+    created_at: datetime
+    updated_at: datetime
+
+
+class LeaveRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    employee_id: int = Field(gt=0)
+    starts_on: date
+    ends_on: date
+    kind: LeaveKind
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaveRequestIn:
+        if self.ends_on < self.starts_on:
+            raise ValueError("ends_on must not be before starts_on")
+        return self
+
+
+class LeaveRequest(BaseModel):
+    id: int
+    employee_id: int
+    starts_on: date
+    ends_on: date
+    kind: str
+    status: str
+    created_at: datetime
+    decided_at: datetime | None = None

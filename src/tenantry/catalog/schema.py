@@ -1,0 +1,71 @@
+"""The control plane's own tables, in schema ``tenantry`` of the control database.
+
+Applied idempotently by :func:`tenantry.catalog.bootstrap`; every statement tolerates
+being run again, and concurrent bootstraps are serialised by an advisory lock.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+BOOTSTRAP_LOCK = 0x7E4A47  # advisory lock key: one bootstrap at a time per database
+NOTIFY_CHANNEL = "tenantry_catalog"
+
+CONTROL_PLANE_DDL = """
+CREATE SCHEMA IF NOT EXISTS tenantry;
+CREATE TABLE IF NOT EXISTS tenantry.tenants (
+    id              uuid PRIMARY KEY,
+    slug            text NOT NULL UNIQUE,
+    name            text NOT NULL,
+    tier            text NOT NULL CHECK (tier IN ('free', 'pro', 'enterprise')),
+    ring            smallint NOT NULL DEFAULT 0 CHECK (ring >= 0),
+    status          text NOT NULL CHECK (status IN
+                        ('provisioning', 'active', 'suspended', 'offboarding', 'deleted')),
+    isolation       text NOT NULL DEFAULT 'schema' CHECK (isolation IN ('schema', 'pool', 'silo')),
+    cell            text NOT NULL DEFAULT 'default',
+    schema_name     text NOT NULL UNIQUE,
+    schema_version  text,
+    attributes      jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    deleted_at      timestamptz
+);
+CREATE INDEX IF NOT EXISTS tenants_status_idx ON tenantry.tenants (status);
+CREATE TABLE IF NOT EXISTS tenantry.domains (
+    host        text PRIMARY KEY CHECK (host = lower(host)),
+    tenant_id   uuid NOT NULL REFERENCES tenantry.tenants (id) ON DELETE CASCADE,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS domains_tenant_idx ON tenantry.domains (tenant_id);
+CREATE TABLE IF NOT EXISTS tenantry.lifecycle_log (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id   uuid NOT NULL,
+    action      text NOT NULL,
+    actor       text NOT NULL,
+    detail      jsonb NOT NULL DEFAULT '{}'::jsonb,
+    at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS lifecycle_log_tenant_idx ON tenantry.lifecycle_log (tenant_id, id);
+"""
+
+
+def app_role_ddl(role: str, password: str | None) -> sql.Composed:
+    """Create (or tighten) the application role: it can log in and owns nothing.
+
+    It may read the catalog (to resolve tenants) and nothing else in ``tenantry``.
+    """
+    ident = sql.Identifier(role)
+    pw = sql.SQL(" PASSWORD {}").format(sql.Literal(password)) if password else sql.SQL("")
+    return sql.SQL(
+        """
+DO $tenantry$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {name}) THEN
+        CREATE ROLE {role} LOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $tenantry$;
+ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION{pw};
+GRANT USAGE ON SCHEMA tenantry TO {role};
+GRANT SELECT ON tenantry.tenants, tenantry.domains TO {role};
+"""
+    ).format(name=sql.Literal(role), role=ident, pw=pw)

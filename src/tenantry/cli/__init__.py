@@ -1,0 +1,28 @@
+"""The ``tenantry`` command."""
+
+from __future__ import annotations
+
+import click
+
+from tenantry.cli.tenants import tenants
+from tenantry.cli.token import token
+from tenantry.cli.up import up
+
+
+@click.group()
+@click.version_option(package_name="tenantry")
+def cli() -> None:
+    """tenantry: multi-tenant SaaS platform tools."""
+
+
+cli.add_command(up)
+cli.add_command(token)
+cli.add_command(tenants)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,25 @@
+"""PostgreSQL access: cells and pools, tenant-bound transactions, the tenant schema."""
+
+from tenantry.db.binding import begin_statement
+from tenantry.db.cell import Cell
+from tenantry.db.database import Database
+from tenantry.db.errors import DatabaseError, TransactionAbortedError, UnknownCellError
+from tenantry.db.tenant_schema import (
+    CompiledTenantSchema,
+    SchemaDefinitionError,
+    SchemaStep,
+    TenantSchema,
+)
+
+__all__ = [
+    "Cell",
+    "CompiledTenantSchema",
+    "Database",
+    "DatabaseError",
+    "SchemaDefinitionError",
+    "SchemaStep",
+    "TenantSchema",
+    "TransactionAbortedError",
+    "UnknownCellError",
+    "begin_statement",
+]

@@ -1,0 +1,65 @@
+"""A cell: one PostgreSQL database with its two connection pools.
+
+The *owner* pool runs DDL and control-plane writes; the *app* pool serves tenant traffic as
+a role that owns nothing and cannot bypass row-level security. Connections are in
+autocommit mode: tenantry opens and closes every transaction itself (see
+:mod:`tenantry.db.transaction`), which is what lets the tenant context ride along with
+``BEGIN`` at no extra cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+
+async def _configure(conn: AsyncConnection[Any]) -> None:
+    # Pools hand out autocommit connections; transactions are opened explicitly.
+    await conn.set_autocommit(True)
+
+
+class Cell:
+    """One database (a PostgreSQL cluster in production) that tenants are placed on."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        owner_url: str,
+        app_url: str,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        self.name = name
+        self.owner_url = owner_url
+        self.app_url = app_url
+        self.owner_pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            owner_url,
+            min_size=1,
+            max_size=max(2, max_size // 2),
+            kwargs={"application_name": f"tenantry-owner:{name}"},
+            configure=_configure,
+            open=False,
+            name=f"{name}-owner",
+        )
+        self.app_pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            app_url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"application_name": f"tenantry:{name}"},
+            configure=_configure,
+            open=False,
+            name=f"{name}-app",
+        )
+
+    async def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:
+        """Open both pools (waiting for their first connections by default)."""
+        await self.owner_pool.open(wait=wait, timeout=timeout)
+        await self.app_pool.open(wait=wait, timeout=timeout)
+
+    async def close(self) -> None:
+        """Close both pools."""
+        await self.app_pool.close()
+        await self.owner_pool.close()

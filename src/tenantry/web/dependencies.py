@@ -1,0 +1,63 @@
+"""FastAPI dependencies: the current tenant, a tenant-bound connection, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from psycopg import AsyncConnection
+
+from tenantry.context import TenantContext, current_tenant
+from tenantry.platform import Platform
+from tenantry.web.auth import Principal, TokenService
+from tenantry.web.errors import HTTPProblem
+from tenantry.web.middleware import PRINCIPAL_KEY
+
+
+def get_platform(request: Request) -> Platform:
+    """The :class:`Platform` the app was built with."""
+    platform: Platform = request.app.state.tenantry
+    return platform
+
+
+def get_tenant() -> TenantContext:
+    """The tenant the middleware bound to this request."""
+    return current_tenant()
+
+
+async def get_tenant_connection(request: Request) -> AsyncIterator[AsyncConnection[Any]]:
+    """A connection in a transaction bound to the request's tenant.
+
+    Commits when the handler returns, before the response is sent (the dependency is
+    function-scoped), and rolls back if it raises.
+    """
+    async with get_platform(request).db.tenant_transaction() as conn:
+        yield conn
+
+
+def get_principal(request: Request) -> Principal | None:
+    """The verified caller, or ``None`` for an anonymous request."""
+    principal: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_KEY)
+    return principal
+
+
+def require_platform_admin(request: Request) -> Principal:
+    """Admit only a valid platform-admin token (tenant tokens get 403)."""
+    tokens: TokenService = request.app.state.tenantry_tokens
+    principal = tokens.from_authorization(request.headers.get("authorization", "").encode() or None)
+    if principal is None:
+        raise HTTPProblem(
+            401, "authentication_required", "the admin API needs a platform-admin bearer token",
+            headers={"www-authenticate": "Bearer"},
+        )
+    if not principal.platform_admin:
+        raise HTTPProblem(403, "forbidden", "tenant tokens cannot call the platform admin API")
+    return principal
+
+
+CurrentTenant = Annotated[TenantContext, Depends(get_tenant)]
+TenantConnection = Annotated[AsyncConnection[Any], Depends(get_tenant_connection, scope="function")]
+CurrentPrincipal = Annotated[Principal | None, Depends(get_principal)]
+PlatformAdmin = Annotated[Principal, Depends(require_platform_admin)]
+PlatformDep = Annotated[Platform, Depends(get_platform)]

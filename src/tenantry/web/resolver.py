@@ -1,0 +1,187 @@
+"""Request → tenant resolution.
+
+The chain tries, in the configured order, the host's subdomain (``acme.localhost``), a
+custom domain from the catalog, the ``X-Tenant-ID`` header (slug or uuid) and the bearer
+token's ``tenant`` claim. Every source that names a tenant must name the *same* one: a
+token for tenant A presented on tenant B's host is refused (403). Catalog lookups go
+through the cached :class:`~tenantry.catalog.TenantDirectory`, so an ordinary request
+costs no database round trip to resolve.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
+
+from tenantry.catalog.directory import TenantDirectory
+from tenantry.catalog.errors import InvalidTenantIdentifierError
+from tenantry.catalog.identifiers import parse_tenant_key
+from tenantry.catalog.models import Tenant, TenantStatus
+from tenantry.settings import ResolutionSettings
+from tenantry.web.auth import Principal, TokenService
+from tenantry.web.errors import HTTPProblem
+
+_HOST = re.compile(r"[a-z0-9.-]{1,253}")
+MAX_HEADER_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """The outcome of resolving one request."""
+
+    tenant: Tenant | None
+    principal: Principal | None
+
+
+class TenantResolver(Protocol):
+    """Extension point: anything that maps an ASGI scope to a tenant and principal."""
+
+    async def resolve(self, scope: Mapping[str, Any]) -> Resolution:
+        """Resolve the request, or raise :class:`HTTPProblem` (4xx)."""
+
+
+def _headers(scope: Mapping[str, Any]) -> dict[bytes, bytes]:
+    # Last one wins for duplicates except that duplicates of tenant-bearing headers are
+    # refused below; ASGI header names are already lower-case.
+    out: dict[bytes, bytes] = {}
+    for name, value in scope.get("headers", ()):
+        if name in out and name in (b"host", b"authorization"):
+            raise HTTPProblem(400, "invalid_request", f"duplicate {name.decode()} header")
+        out[name] = value
+    return out
+
+
+class ChainResolver:
+    """The standard resolution chain (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: TenantDirectory,
+        settings: ResolutionSettings,
+        tokens: TokenService,
+        *,
+        auth_required: bool = False,
+    ) -> None:
+        self.directory = directory
+        self.settings = settings
+        self.tokens = tokens
+        self.auth_required = auth_required
+        self._header = settings.header.lower().encode()
+        self._bases = tuple(base.lower().strip(".") for base in settings.base_domains)
+
+    async def resolve(self, scope: Mapping[str, Any]) -> Resolution:
+        """Find the request's tenant and caller, checking that all sources agree."""
+        headers = _headers(scope)
+        principal = self.tokens.from_authorization(headers.get(b"authorization"))
+        if self.auth_required and principal is None:
+            raise HTTPProblem(
+                401, "authentication_required", "send 'Authorization: Bearer <token>'",
+                headers={"www-authenticate": "Bearer"},
+            )
+        found: list[tuple[str, Tenant]] = []
+        for source in self.settings.order:
+            tenant = await self._from_source(source, headers, principal)
+            if tenant is not None:
+                found.append((source, tenant))
+        if not found:
+            if principal is not None and principal.platform_admin:
+                raise HTTPProblem(
+                    403, "forbidden", "a platform-admin token cannot act as a tenant"
+                )
+            raise HTTPProblem(
+                400, "tenant_required",
+                "no tenant in this request: use <slug>.<domain> as host, the "
+                f"{self.settings.header} header, or a bearer token",
+            )
+        source, tenant = found[0]
+        for other_source, other in found[1:]:
+            if other.id != tenant.id:
+                raise HTTPProblem(
+                    403, "tenant_mismatch",
+                    f"the tenant named by {other_source} differs from the one named by {source}",
+                )
+        if principal is not None and principal.tenant is None:
+            raise HTTPProblem(403, "forbidden", "a platform-admin token cannot act as a tenant")
+        self._check_status(tenant)
+        return Resolution(tenant, principal)
+
+    async def _from_source(
+        self, source: str, headers: dict[bytes, bytes], principal: Principal | None
+    ) -> Tenant | None:
+        if source == "subdomain":
+            return await self._from_host(headers.get(b"host"))
+        if source == "header":
+            raw = headers.get(self._header)
+            if raw is None:
+                return None
+            return await self._lookup(self._decode(raw, self.settings.header), self.settings.header)
+        if principal is None or principal.tenant is None:
+            return None
+        return await self._lookup(principal.tenant, "token", not_found_status=403)
+
+    async def _from_host(self, raw: bytes | None) -> Tenant | None:
+        if not raw:
+            return None
+        host = self._decode(raw, "Host").lower()
+        if host.startswith("["):  # IPv6 literal
+            return None
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        host = host.rstrip(".")
+        if not _HOST.fullmatch(host):
+            raise HTTPProblem(400, "invalid_host", "the Host header is not a valid host name")
+        try:
+            ipaddress.ip_address(host)
+            return None
+        except ValueError:
+            pass
+        for base in self._bases:
+            if host == base:
+                return None
+            if host.endswith("." + base):
+                label = host[: -len(base) - 1]
+                if "." in label:
+                    raise HTTPProblem(
+                        400, "invalid_tenant_identifier", "nested subdomains name no tenant"
+                    )
+                return await self._lookup(label, "host")
+        if "." not in host:
+            return None
+        return await self.directory.get_by_domain(host)
+
+    async def _lookup(self, value: str, source: str, not_found_status: int = 404) -> Tenant:
+        try:
+            key: str | UUID = parse_tenant_key(value)
+        except InvalidTenantIdentifierError as exc:
+            raise HTTPProblem(400, "invalid_tenant_identifier", f"{source}: {exc}") from None
+        tenant = await self.directory.get(key)
+        if tenant is None or tenant.status == TenantStatus.DELETED:
+            raise HTTPProblem(not_found_status, "tenant_not_found", f"{source}: no such tenant")
+        return tenant
+
+    @staticmethod
+    def _decode(raw: bytes, what: str) -> str:
+        if len(raw) > MAX_HEADER_LENGTH:
+            raise HTTPProblem(400, "invalid_tenant_identifier", f"{what} value is too long")
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise HTTPProblem(
+                400, "invalid_tenant_identifier", f"{what} value must be ASCII"
+            ) from None
+
+    @staticmethod
+    def _check_status(tenant: Tenant) -> None:
+        if tenant.status == TenantStatus.ACTIVE:
+            return
+        if tenant.status == TenantStatus.SUSPENDED:
+            raise HTTPProblem(
+                403, "tenant_suspended",
+                f"tenant {tenant.slug!r} is suspended; contact your administrator",
+            )
+        raise HTTPProblem(
+            403, "tenant_unavailable", f"tenant {tenant.slug!r} is {tenant.status.value}"
+        )
