@@ -40,7 +40,9 @@ def _unprocessable(field: str, message: str) -> HTTPProblem:
     )
 
 
-async def _page(conn: TenantConnection, query: str, params: tuple[Any, ...], limit: int) -> tuple[list[dict[str, Any]], int | None]:
+async def _page(
+    conn: TenantConnection, query: str, params: tuple[Any, ...], limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, (*params, limit + 1))
         rows = await cur.fetchall()
@@ -51,7 +53,9 @@ async def _page(conn: TenantConnection, query: str, params: tuple[Any, ...], lim
 
 # -- departments ------------------------------------------------------------------------
 @router.get("/departments")
-async def list_departments(conn: TenantConnection, limit: Limit = 50, after: After = 0) -> Page[Department]:
+async def list_departments(
+    conn: TenantConnection, limit: Limit = 50, after: After = 0
+) -> Page[Department]:
     """Departments with their headcount, by id."""
     rows, nxt = await _page(
         conn,
@@ -123,7 +127,9 @@ async def list_employees(
     return Page[Employee](items=[Employee(**row) for row in rows], next=nxt)
 
 
-async def _write_employee(conn: TenantConnection, query: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+async def _write_employee(
+    conn: TenantConnection, query: str, params: tuple[Any, ...]
+) -> dict[str, Any] | None:
     try:
         async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(query, params)
@@ -141,8 +147,14 @@ async def create_employee(body: EmployeeIn, conn: TenantConnection) -> Employee:
         conn,
         "INSERT INTO employees (first_name, last_name, email, title, department_id, hired_on) "
         f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_EMPLOYEE}",
-        (body.first_name, body.last_name, str(body.email), body.title, body.department_id,
-         body.hired_on),
+        (
+            body.first_name,
+            body.last_name,
+            str(body.email),
+            body.title,
+            body.department_id,
+            body.hired_on,
+        ),
     )
     assert row is not None
     return Employee(**row)
@@ -160,7 +172,9 @@ async def get_employee(employee_id: int, conn: TenantConnection) -> Employee:
 
 
 @router.patch("/employees/{employee_id}")
-async def update_employee(employee_id: int, body: EmployeePatch, conn: TenantConnection) -> Employee:
+async def update_employee(
+    employee_id: int, body: EmployeePatch, conn: TenantConnection
+) -> Employee:
     """Change some of an employee's fields."""
     changes = body.model_dump(exclude_unset=True)
     if any(value is None for value in changes.values()):
@@ -200,7 +214,10 @@ async def list_leave_requests(
 ) -> Page[LeaveRequest]:
     """Leave requests by id."""
     rows, nxt = await _page(
-        conn, f"SELECT {_LEAVE} FROM leave_requests WHERE id > %s ORDER BY id LIMIT %s", (after,), limit
+        conn,
+        f"SELECT {_LEAVE} FROM leave_requests WHERE id > %s ORDER BY id LIMIT %s",
+        (after,),
+        limit,
     )
     return Page[LeaveRequest](items=[LeaveRequest(**row) for row in rows], next=nxt)
 

@@ -6,8 +6,6 @@ from datetime import date
 
 from tenantry import Platform, TenantContext
 
-
-
 _DEPARTMENTS = ("Engineering", "Sales", "People")
 _PEOPLE = (
     ("Ada", "Lovelace", "Principal Engineer", 0),
@@ -26,15 +24,17 @@ async def seed_tenant(platform: Platform, ctx: TenantContext) -> None:
             return
         ids: list[int] = []
         for name in _DEPARTMENTS:
-            cur = await conn.execute("INSERT INTO departments (name) VALUES (%s) RETURNING id", (name,))
+            cur = await conn.execute(
+                "INSERT INTO departments (name) VALUES (%s) RETURNING id", (name,)
+            )
             got = await cur.fetchone()
             assert got is not None
             ids.append(got[0])
         for first, last, title, dept in _PEOPLE:
             email = f"{first.lower()}.{last.lower()}@{ctx.slug}.example"
             await conn.execute(
-                "INSERT INTO employees (first_name, last_name, email, title, department_id, hired_on) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
+                "INSERT INTO employees (first_name, last_name, email, title, department_id, "
+                "hired_on) VALUES (%s, %s, %s, %s, %s, %s)",
                 (first, last, email, title, ids[dept], date(2024, 1, 15)),
             )
         await conn.execute(

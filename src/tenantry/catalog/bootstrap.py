@@ -21,7 +21,7 @@ async def bootstrap_control_plane(
         sql.SQL("BEGIN; SELECT pg_advisory_xact_lock({lock});\n").format(
             lock=sql.Literal(BOOTSTRAP_LOCK)
         )
-        + sql.SQL(CONTROL_PLANE_DDL)  # type: ignore[arg-type]  # constant, no input in it
+        + sql.SQL(CONTROL_PLANE_DDL)  # a constant: no input in it
         + app_role_ddl(app_role, app_password)
         + sql.SQL("\nCOMMIT;")
     )

@@ -10,6 +10,7 @@ notifies at commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -113,10 +114,8 @@ class TenantDirectory:
         """Stop listening."""
         if self._listener is not None:
             self._listener.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-            except asyncio.CancelledError:
-                pass
             self._listener = None
 
     async def _listen(self) -> None:

@@ -62,7 +62,9 @@ class TenantCatalog:
         """Like :meth:`find` but raises :class:`TenantNotFoundError`."""
         tenant = await self.find(conn, key)
         if tenant is None:
-            raise TenantNotFoundError(f"no tenant {str(key)!r}; list them with 'tenantry tenants list'")
+            raise TenantNotFoundError(
+                f"no tenant {str(key)!r}; list them with 'tenantry tenants list'"
+            )
         return tenant
 
     async def find_by_domain(self, conn: AsyncConnection[Any], host: str) -> Tenant | None:
@@ -119,7 +121,8 @@ class TenantCatalog:
     async def add_domain(self, conn: AsyncConnection[Any], tenant_id: UUID, host: str) -> None:
         """Map a custom domain to a tenant."""
         await conn.execute(
-            "INSERT INTO tenantry.domains (host, tenant_id) VALUES (%s, %s)", (host.lower(), tenant_id)
+            "INSERT INTO tenantry.domains (host, tenant_id) VALUES (%s, %s)",
+            (host.lower(), tenant_id),
         )
         await self.notify_changed(conn, tenant_id)
 

@@ -40,14 +40,24 @@ def tenants() -> None:
 
 @tenants.command()
 @click.argument("slug")
-@click.option("--tier", type=click.Choice([t.value for t in Tier]), default="free", show_default=True)
+@click.option(
+    "--tier", type=click.Choice([t.value for t in Tier]), default="free", show_default=True
+)
 @click.option("--name", default=None, help="display name (default: the slug)")
 @click.option("--ring", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--exist-ok", is_flag=True, help="succeed if the tenant already exists")
 @data_dir_option
 @json_option
 @guarded
-def create(slug: str, tier: str, name: str | None, ring: int, exist_ok: bool, data_dir: str | None, as_json: bool) -> None:
+def create(
+    slug: str,
+    tier: str,
+    name: str | None,
+    ring: int,
+    exist_ok: bool,
+    data_dir: str | None,
+    as_json: bool,
+) -> None:
     """Provision tenant SLUG: catalog row, schema, tables, RLS and grants, atomically."""
 
     async def run() -> Tenant:
@@ -81,8 +91,14 @@ def list_(status: str | None, include_deleted: bool, data_dir: str | None, as_js
     table = Table("slug", "name", "tier", "status", "ring", "schema", "version", "id")
     for tenant in found:
         table.add_row(
-            tenant.slug, tenant.name, tenant.tier.value, tenant.status.value, str(tenant.ring),
-            tenant.schema_name, tenant.schema_version or "-", str(tenant.id),
+            tenant.slug,
+            tenant.name,
+            tenant.tier.value,
+            tenant.status.value,
+            str(tenant.ring),
+            tenant.schema_name,
+            tenant.schema_version or "-",
+            str(tenant.id),
         )
     console.print(table)
     console.print(f"{len(found)} tenant(s)")
@@ -161,17 +177,26 @@ def offboard(slug: str, out: Path, yes: bool, data_dir: str | None, as_json: boo
     _print_export(result, as_json)
 
 
-async def _export(slug: str, out: Path, folder: str | None, *, offboard: bool, quiet: bool) -> ExportResult:
+async def _export(
+    slug: str, out: Path, folder: str | None, *, offboard: bool, quiet: bool
+) -> ExportResult:
     async with open_platform(_dir(folder)) as platform:
         tables = platform.compiled_schema.tables
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), console=console, disable=quiet, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+            transient=True,
         ) as progress:
             task = progress.add_task(f"exporting {slug}", total=len(tables))
 
             def advance(table: str, rows: int) -> None:
-                progress.update(task, advance=1, description=f"exporting {slug}: {table} ({rows} rows)")
+                progress.update(
+                    task, advance=1, description=f"exporting {slug}: {table} ({rows} rows)"
+                )
 
             if offboard:
                 return await platform.tenants.offboard(slug, out, actor="cli", on_table=advance)
@@ -187,8 +212,10 @@ def _print_export(result: ExportResult, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        console.print(f"wrote [bold]{result.path}[/] ({result.total_rows} rows in "
-                      f"{len(result.manifest['tables'])} tables)")
+        console.print(
+            f"wrote [bold]{result.path}[/] ({result.total_rows} rows in "
+            f"{len(result.manifest['tables'])} tables)"
+        )
 
 
 def _dir(option: str | None) -> Path:

@@ -18,8 +18,14 @@ from tenantry.web.auth import TokenService
 @click.option("--ttl", type=click.IntRange(min=60), default=None, help="lifetime in seconds")
 @click.option("--data-dir", envvar="TENANTRY_DATA_DIR", default=None)
 @guarded
-def token(slug: str | None, role: str, platform_admin: bool, subject: str | None,
-          ttl: int | None, data_dir: str | None) -> None:
+def token(
+    slug: str | None,
+    role: str,
+    platform_admin: bool,
+    subject: str | None,
+    ttl: int | None,
+    data_dir: str | None,
+) -> None:
     """Print a JWT for tenant SLUG, or with --platform-admin one for the admin API."""
     if platform_admin == (slug is not None):
         raise click.UsageError("give either a tenant SLUG or --platform-admin")
@@ -28,9 +34,15 @@ def token(slug: str | None, role: str, platform_admin: bool, subject: str | None
     settings = Settings.from_env(load_environment(_dir(data_dir)))
     tokens = TokenService(settings.auth)
     if platform_admin:
-        click.echo(tokens.issue(subject=subject or "platform-admin", platform_admin=True, ttl_seconds=ttl))
+        click.echo(
+            tokens.issue(subject=subject or "platform-admin", platform_admin=True, ttl_seconds=ttl)
+        )
     else:
-        click.echo(tokens.issue(subject=subject or f"{role}@{slug}", tenant=slug, role=role, ttl_seconds=ttl))
+        click.echo(
+            tokens.issue(
+                subject=subject or f"{role}@{slug}", tenant=slug, role=role, ttl_seconds=ttl
+            )
+        )
 
 
 def _dir(option: str | None):  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ stops everything it started; data persists, and the next ``up`` reuses it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -21,14 +22,25 @@ from psycopg import sql
 from rich.console import Console
 from rich.progress import Progress
 
-from tenantry.cli.runtime import DEFAULT_APP, STATE_FILE, data_dir, guarded, load_object, tenant_schema
+from tenantry.cli.runtime import (
+    DEFAULT_APP,
+    STATE_FILE,
+    data_dir,
+    guarded,
+    load_object,
+    tenant_schema,
+)
 from tenantry.devstack import PostgresService, ValkeyService
 from tenantry.platform import Platform
 from tenantry.settings import Settings
 from tenantry.web.auth import TokenService
 
 console = Console()
-DEMO_TENANTS = (("acme", "enterprise", "Acme Corp"), ("globex", "pro", "Globex"), ("initech", "free", "Initech"))
+DEMO_TENANTS = (
+    ("acme", "enterprise", "Acme Corp"),
+    ("globex", "pro", "Globex"),
+    ("initech", "free", "Initech"),
+)
 
 
 def _secret(folder: Path) -> str:
@@ -56,7 +68,9 @@ async def _provision_demo(settings: Settings, env: dict[str, str], seed: bool) -
                     slug, tier=tier, name=name, actor="tenantry up", exist_ok=True
                 )
                 if seed:
-                    seeder = load_object(env.get("TENANTRY_SEED", "hr_example.seed:seed_tenant"), "TENANTRY_SEED")
+                    seeder = load_object(
+                        env.get("TENANTRY_SEED", "hr_example.seed:seed_tenant"), "TENANTRY_SEED"
+                    )
                     await seeder(platform, tenant.context())
                 progress.advance(task)
     finally:
@@ -65,7 +79,8 @@ async def _provision_demo(settings: Settings, env: dict[str, str], seed: bool) -
 
 def _banner(port: int, tokens: TokenService) -> None:
     acme = tokens.issue(subject="demo-admin@acme", tenant="acme", role="admin")
-    click.echo(f"""
+    click.echo(
+        f"""
 tenantry is up — HR API on http://localhost:{port}  (docs: http://localhost:{port}/docs)
 
   curl -H 'X-Tenant-ID: acme' http://localhost:{port}/api/employees
@@ -74,20 +89,33 @@ tenantry is up — HR API on http://localhost:{port}  (docs: http://localhost:{p
 
   tokens: .venv/bin/tenantry token acme --role admin   |   .venv/bin/tenantry token --platform-admin
   Ctrl-C stops everything; data stays in the data folder.
-""", err=False)
+""",
+        err=False,
+    )
 
 
 @click.command()
 @click.option("--port", type=int, default=8000, show_default=True, help="HTTP port of the API")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--data-dir", default=None, help="where embedded services keep data [./.tenantry]")
-@click.option("--pg-port", type=int, default=54320, show_default=True, help="embedded PostgreSQL port")
-@click.option("--valkey-port", type=int, default=63790, show_default=True, help="embedded Valkey port")
+@click.option(
+    "--pg-port", type=int, default=54320, show_default=True, help="embedded PostgreSQL port"
+)
+@click.option(
+    "--valkey-port", type=int, default=63790, show_default=True, help="embedded Valkey port"
+)
 @click.option("--app", "app_spec", default=None, help=f"app factory [{DEFAULT_APP}]")
 @click.option("--no-demo", is_flag=True, help="do not create the demo tenants")
 @guarded
-def up(port: int, host: str, data_dir: str | None, pg_port: int, valkey_port: int,
-       app_spec: str | None, no_demo: bool) -> None:
+def up(
+    port: int,
+    host: str,
+    data_dir: str | None,
+    pg_port: int,
+    valkey_port: int,
+    app_spec: str | None,
+    no_demo: bool,
+) -> None:
     """Run the platform locally: embedded PostgreSQL + Valkey, demo tenants, the HR API."""
     import uvicorn
 
@@ -120,10 +148,9 @@ def up(port: int, host: str, data_dir: str | None, pg_port: int, valkey_port: in
         app = factory(settings)
         _banner(port, TokenService(settings.auth))
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
-        try:
+        # uvicorn re-raises Ctrl-C after a graceful shutdown; that is a clean stop.
+        with contextlib.suppress(KeyboardInterrupt):
             server.run()
-        except KeyboardInterrupt:
-            pass  # uvicorn re-raises Ctrl-C after a graceful shutdown; that is a clean stop
     finally:
         for service in reversed(started):
             service.stop()

@@ -54,10 +54,10 @@ class Cell:
             name=f"{name}-app",
         )
 
-    async def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:
-        """Open both pools (waiting for their first connections by default)."""
-        await self.owner_pool.open(wait=wait, timeout=timeout)
-        await self.app_pool.open(wait=wait, timeout=timeout)
+    async def open(self) -> None:
+        """Open both pools, waiting (up to 30 s) for their first connections."""
+        await self.owner_pool.open(wait=True, timeout=30.0)
+        await self.app_pool.open(wait=True, timeout=30.0)
 
     async def close(self) -> None:
         """Close both pools."""

@@ -94,7 +94,8 @@ class TenantSchema:
         """One step per file, versioned by file stem; a file's own BEGIN/COMMIT lines dropped."""
         return cls(
             tuple(
-                SchemaStep(path.stem, _strip_transaction_control(path.read_text())) for path in paths
+                SchemaStep(path.stem, _strip_transaction_control(path.read_text()))
+                for path in paths
             )
         )
 

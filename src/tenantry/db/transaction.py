@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,10 +30,9 @@ async def run_transaction(
             yield conn
         except BaseException:
             if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
-                try:
+                # If the connection is gone the pool discards it; the original error stands.
+                with contextlib.suppress(OperationalError):
                     await conn.execute("ROLLBACK")
-                except OperationalError:
-                    pass  # the connection is gone; the pool discards it, the original error stands
             raise
         status = conn.info.transaction_status
         if status == TransactionStatus.INERROR:

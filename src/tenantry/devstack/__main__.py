@@ -39,7 +39,9 @@ def main(argv: list[str]) -> int:
     known = services(Path(os.environ.get("TENANTRY_SERVICES_DIR", ".services")).absolute())
     unknown = [name for name in names if name not in known]
     if unknown:
-        print(f"unknown service(s): {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
+        print(
+            f"unknown service(s): {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr
+        )
         return 2
     code = 0
     for name in names or list(known):

@@ -36,8 +36,15 @@ def _ensure_service_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(SERVICE_USER)
     except KeyError:
-        subprocess.run(  # noqa: S603 - fixed argument list, no user input
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],  # noqa: S607
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVICE_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -46,8 +53,8 @@ def _ensure_service_user() -> pwd.struct_passwd:
 
 def _usable_by(user: pwd.struct_passwd, path: Path, mode: str) -> bool:
     """Whether ``user`` can reach ``path`` with ``mode`` (-r, -w, -x) without changing anything."""
-    result = subprocess.run(  # noqa: S603 - fixed argument list
-        ["test", mode, str(path)],  # noqa: S607
+    result = subprocess.run(
+        ["test", mode, str(path)],
         user=user.pw_uid,
         group=user.pw_gid,
         extra_groups=[],
@@ -100,18 +107,19 @@ class PostgresService:
         pgdata.symlink_to(home / "pgdata")
         return home / "bin", pgdata
 
-    def _run(self, bin_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, object] = {}
-        if self._as_root():
-            user = _ensure_service_user()
-            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-        return subprocess.run(  # noqa: S603 - binaries from the wheel, arguments built here
+    def _run(
+        self, bin_dir: Path, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        user = _ensure_service_user() if self._as_root() else None
+        return subprocess.run(
             [str(bin_dir / args[0]), *args[1:]],
             check=check,
             capture_output=True,
             text=True,
             cwd="/",
-            **kwargs,  # type: ignore[call-overload]
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -126,8 +134,16 @@ class PostgresService:
                 os.chown(real, user.pw_uid, user.pw_gid)
             real.chmod(0o700)
             init = self._run(
-                bin_dir, "initdb", "-D", str(real), "-U", "postgres", "--auth=trust",
-                "--encoding=UTF8", "--locale=C", check=False,
+                bin_dir,
+                "initdb",
+                "-D",
+                str(real),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                check=False,
             )
             if init.returncode != 0:
                 raise ServiceError(f"initdb failed:\n{init.stderr}")
@@ -141,12 +157,25 @@ class PostgresService:
         if self.is_running():
             return
         started = self._run(
-            bin_dir, "pg_ctl", "-D", str(real), "-l", str(real / "server.log"), "-w", "-t", "60",
-            "-o", f"-p {self.port}", "start", check=False,
+            bin_dir,
+            "pg_ctl",
+            "-D",
+            str(real),
+            "-l",
+            str(real / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port}",
+            "start",
+            check=False,
         )
         if started.returncode != 0:
             log = (real / "server.log").read_text(errors="replace")[-3000:]
-            raise ServiceError(f"PostgreSQL did not start on port {self.port}:\n{started.stderr}\n{log}")
+            raise ServiceError(
+                f"PostgreSQL did not start on port {self.port}:\n{started.stderr}\n{log}"
+            )
 
     def stop(self) -> None:
         """Stop the server (fast shutdown); a no-op when it is not running."""
@@ -161,4 +190,9 @@ class PostgresService:
         if not (pgdata.resolve() / "PG_VERSION").exists():
             return False
         bin_dir, pgdata = self._placement()
-        return self._run(bin_dir, "pg_ctl", "-D", str(pgdata.resolve()), "status", check=False).returncode == 0
+        return (
+            self._run(
+                bin_dir, "pg_ctl", "-D", str(pgdata.resolve()), "status", check=False
+            ).returncode
+            == 0
+        )

@@ -61,17 +61,26 @@ class ValkeyService:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             str(_server_binary()),
-            "--bind", self.host,
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--daemonize", "yes",
-            "--pidfile", str(self._pidfile),
-            "--logfile", str(self.data_dir / "valkey.log"),
-            "--appendonly", "yes",
-            "--save", "",
-            "--protected-mode", "yes",
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(self._pidfile),
+            "--logfile",
+            str(self.data_dir / "valkey.log"),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
         ]
-        result = subprocess.run(args, check=False, capture_output=True, text=True)  # noqa: S603
+        result = subprocess.run(args, check=False, capture_output=True, text=True)
         if result.returncode != 0:
             raise ServiceError(f"valkey-server failed to start:\n{result.stderr}{result.stdout}")
         deadline = time.monotonic() + 15

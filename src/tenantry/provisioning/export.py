@@ -78,8 +78,12 @@ async def export_tenant(
                                 fh.write(line)
                             rows += len(batch)
                 entries.append(
-                    {"name": table, "file": f"tables/{table}.jsonl", "rows": rows,
-                     "sha256": digest.hexdigest()}
+                    {
+                        "name": table,
+                        "file": f"tables/{table}.jsonl",
+                        "rows": rows,
+                        "sha256": digest.hexdigest(),
+                    }
                 )
                 if on_table is not None:
                     on_table(table, rows)

@@ -56,9 +56,16 @@ class TenantLifecycle:
         values = ", ".join(
             _lit(v)
             for v in (
-                tenant.id, tenant.slug, tenant.name, tenant.tier.value, tenant.ring,
-                TenantStatus.ACTIVE.value, tenant.isolation.value, tenant.cell,
-                tenant.schema_name, tenant.schema_version,
+                tenant.id,
+                tenant.slug,
+                tenant.name,
+                tenant.tier.value,
+                tenant.ring,
+                TenantStatus.ACTIVE.value,
+                tenant.isolation.value,
+                tenant.cell,
+                tenant.schema_name,
+                tenant.schema_version,
             )
         )
         detail = json.dumps({"tier": tenant.tier.value, "schema_version": tenant.schema_version})
@@ -93,9 +100,16 @@ class TenantLifecycle:
         if ring < 0:
             raise ProvisioningError(f"ring must be 0 or more, got {ring}")
         tenant = Tenant(
-            id=uuid4(), slug=slug, name=name or slug, tier=tier, status=TenantStatus.ACTIVE,
-            schema_name=schema_name_for(slug), ring=ring, isolation=Isolation.SCHEMA,
-            cell=self.db.default_cell, schema_version=self.schema.head,
+            id=uuid4(),
+            slug=slug,
+            name=name or slug,
+            tier=tier,
+            status=TenantStatus.ACTIVE,
+            schema_name=schema_name_for(slug),
+            ring=ring,
+            isolation=Isolation.SCHEMA,
+            cell=self.db.default_cell,
+            schema_version=self.schema.head,
         )
         script = self.creation_script(tenant, actor)
         async with self.db.cell(tenant.cell).owner_pool.connection() as conn:
@@ -127,7 +141,9 @@ class TenantLifecycle:
         async with self.db.transaction(readonly=True) as conn:
             return await self.catalog.get(conn, key)
 
-    async def list(self, *, status: TenantStatus | None = None, include_deleted: bool = False) -> list[Tenant]:
+    async def list(
+        self, *, status: TenantStatus | None = None, include_deleted: bool = False
+    ) -> list[Tenant]:
         """All tenants, ordered by slug."""
         async with self.db.transaction(readonly=True) as conn:
             return await self.catalog.list(conn, status=status, include_deleted=include_deleted)
@@ -135,14 +151,21 @@ class TenantLifecycle:
     async def suspend(self, key: str | UUID, *, actor: str = "system", reason: str = "") -> Tenant:
         """Stop serving a tenant (403 on every request); data untouched. Idempotent."""
         return await self._transition(
-            key, TenantStatus.SUSPENDED, allowed={TenantStatus.ACTIVE}, action="suspend",
-            actor=actor, detail={"reason": reason},
+            key,
+            TenantStatus.SUSPENDED,
+            allowed={TenantStatus.ACTIVE},
+            action="suspend",
+            actor=actor,
+            detail={"reason": reason},
         )
 
     async def resume(self, key: str | UUID, *, actor: str = "system") -> Tenant:
         """Serve a suspended tenant again. Idempotent."""
         return await self._transition(
-            key, TenantStatus.ACTIVE, allowed={TenantStatus.SUSPENDED}, action="resume",
+            key,
+            TenantStatus.ACTIVE,
+            allowed={TenantStatus.SUSPENDED},
+            action="resume",
             actor=actor,
         )
 
@@ -169,12 +192,16 @@ class TenantLifecycle:
         and finished by the next call.
         """
         await self._transition(
-            key, TenantStatus.OFFBOARDING,
-            allowed={TenantStatus.ACTIVE, TenantStatus.SUSPENDED}, action="offboard-start",
+            key,
+            TenantStatus.OFFBOARDING,
+            allowed={TenantStatus.ACTIVE, TenantStatus.SUSPENDED},
+            action="offboard-start",
             actor=actor,
         )
         tenant = await self.get(key)
-        result = await export_tenant(self.db, tenant, self.schema.tables, out_dir, on_table=on_table)
+        result = await export_tenant(
+            self.db, tenant, self.schema.tables, out_dir, on_table=on_table
+        )
         async with self.db.transaction() as conn:
             locked = await self.catalog.get(conn, tenant.id)
             if locked.status != TenantStatus.OFFBOARDING:
@@ -182,12 +209,17 @@ class TenantLifecycle:
                     f"tenant {tenant.slug!r} changed to {locked.status.value} during offboarding"
                 )
             await conn.execute(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(tenant.schema_name))
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(tenant.schema_name)
+                )
             )
             await conn.execute("DELETE FROM tenantry.domains WHERE tenant_id = %s", (tenant.id,))
             await self.catalog.set_status(conn, tenant.id, TenantStatus.DELETED)
             await self.catalog.log(
-                conn, tenant.id, "offboard", actor,
+                conn,
+                tenant.id,
+                "offboard",
+                actor,
                 {"archive": str(result.path), "rows": result.total_rows},
             )
         self._forget(tenant.id)

@@ -87,7 +87,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         fields: list[dict[str, Any]] = [
-            {"loc": list(err.get("loc", ())), "message": err.get("msg", ""), "type": err.get("type")}
+            {
+                "loc": list(err.get("loc", ())),
+                "message": err.get("msg", ""),
+                "type": err.get("type"),
+            }
             for err in exc.errors()
         ]
         return problem_response(422, "validation_error", "request validation failed", fields=fields)
@@ -98,4 +102,5 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 409: "conflict"}.get(
             exc.status_code, "http_error"
         )
-        return problem_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(exc.status_code, code, str(exc.detail), headers=headers)

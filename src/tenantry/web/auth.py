@@ -119,6 +119,8 @@ class TokenService:
         scheme, _, token = text.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HTTPProblem(
-                401, "invalid_token", "use 'Authorization: Bearer <token>'",
+                401,
+                "invalid_token",
+                "use 'Authorization: Bearer <token>'",
             )
         return self.verify(token.strip())

@@ -48,7 +48,9 @@ def require_platform_admin(request: Request) -> Principal:
     principal = tokens.from_authorization(request.headers.get("authorization", "").encode() or None)
     if principal is None:
         raise HTTPProblem(
-            401, "authentication_required", "the admin API needs a platform-admin bearer token",
+            401,
+            "authentication_required",
+            "the admin API needs a platform-admin bearer token",
             headers={"www-authenticate": "Bearer"},
         )
     if not principal.platform_admin:

@@ -79,7 +79,9 @@ class ChainResolver:
         principal = self.tokens.from_authorization(headers.get(b"authorization"))
         if self.auth_required and principal is None:
             raise HTTPProblem(
-                401, "authentication_required", "send 'Authorization: Bearer <token>'",
+                401,
+                "authentication_required",
+                "send 'Authorization: Bearer <token>'",
                 headers={"www-authenticate": "Bearer"},
             )
         found: list[tuple[str, Tenant]] = []
@@ -89,11 +91,10 @@ class ChainResolver:
                 found.append((source, tenant))
         if not found:
             if principal is not None and principal.platform_admin:
-                raise HTTPProblem(
-                    403, "forbidden", "a platform-admin token cannot act as a tenant"
-                )
+                raise HTTPProblem(403, "forbidden", "a platform-admin token cannot act as a tenant")
             raise HTTPProblem(
-                400, "tenant_required",
+                400,
+                "tenant_required",
                 "no tenant in this request: use <slug>.<domain> as host, the "
                 f"{self.settings.header} header, or a bearer token",
             )
@@ -101,7 +102,8 @@ class ChainResolver:
         for other_source, other in found[1:]:
             if other.id != tenant.id:
                 raise HTTPProblem(
-                    403, "tenant_mismatch",
+                    403,
+                    "tenant_mismatch",
                     f"the tenant named by {other_source} differs from the one named by {source}",
                 )
         if principal is not None and principal.tenant is None:
@@ -179,7 +181,8 @@ class ChainResolver:
             return
         if tenant.status == TenantStatus.SUSPENDED:
             raise HTTPProblem(
-                403, "tenant_suspended",
+                403,
+                "tenant_suspended",
                 f"tenant {tenant.slug!r} is suspended; contact your administrator",
             )
         raise HTTPProblem(
