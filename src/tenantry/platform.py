@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from tenantry.catalog import TenantCatalog, TenantDirectory, bootstrap_control_plane
 from tenantry.db import CompiledTenantSchema, Database, TenantSchema
 from tenantry.errors import ConfigurationError
-from tenantry.provisioning import TenantLifecycle
+from tenantry.provisioning import SparePool, TenantLifecycle
 from tenantry.settings import Settings
 
 
@@ -40,6 +40,7 @@ class Platform:
         self.redis: Redis | None = (
             Redis.from_url(settings.redis.url) if settings.redis.url else None
         )
+        self.spares: SparePool | None = None
         self._compiled: CompiledTenantSchema | None = None
         self._lifecycle: TenantLifecycle | None = None
 
@@ -61,6 +62,7 @@ class Platform:
         """Open pools, create the control plane if missing, compile the tenant schema and
         start listening for catalog changes."""
         cell = self.db.cell()
+        await cell.check_reachable()
         await cell.owner_pool.open(wait=True, timeout=30)
         if bootstrap:
             async with cell.owner_pool.connection() as conn:
@@ -74,15 +76,27 @@ class Platform:
                 conn, app_role=self.settings.database.app_role
             )
         await cell.app_pool.open(wait=True, timeout=30)
+        stock = self.settings.provisioning.spare_schemas
+        if stock > 0:
+            self.spares = SparePool(self.db, self._compiled, target=stock)
+            await self.spares.prune()
         self._lifecycle = TenantLifecycle(
-            self.db, self._compiled, directory=self.directory, catalog=self.catalog
+            self.db,
+            self._compiled,
+            directory=self.directory,
+            catalog=self.catalog,
+            spares=self.spares,
         )
         if listen:
             await self.directory.start()
+            if self.spares is not None:
+                await self.spares.start()
 
     async def stop(self) -> None:
         """Stop listening and close every connection."""
         await self.directory.stop()
+        if self.spares is not None:
+            await self.spares.stop()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()

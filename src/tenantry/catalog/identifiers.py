@@ -14,6 +14,9 @@ from uuid import UUID
 from tenantry.catalog.errors import InvalidTenantIdentifierError
 
 SLUG_PATTERN = re.compile(r"[a-z][a-z0-9-]{1,38}")
+# A canonical uuid that starts with a-f also matches SLUG_PATTERN: it must win, and no slug
+# may take that shape, or a tenant id would be looked up as a slug.
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 SCHEMA_PREFIX = "t_"
 MAX_IDENTIFIER_LENGTH = 64
 
@@ -70,6 +73,10 @@ def validate_slug(slug: str) -> str:
             f"invalid tenant slug {_preview(slug)}: use 2-39 characters a-z, 0-9 and '-', "
             "starting with a letter"
         )
+    if UUID_PATTERN.fullmatch(slug):
+        raise InvalidTenantIdentifierError(
+            f"invalid tenant slug {slug!r}: it has the shape of a tenant id (uuid)"
+        )
     if slug.endswith("-") or "--" in slug:
         raise InvalidTenantIdentifierError(
             f"invalid tenant slug {slug!r}: no trailing or doubled '-'"
@@ -92,6 +99,8 @@ def parse_tenant_key(value: str) -> str | UUID:
     """
     if not isinstance(value, str) or not value or len(value) > MAX_IDENTIFIER_LENGTH:
         raise InvalidTenantIdentifierError(f"invalid tenant identifier {_preview(value)}")
+    if UUID_PATTERN.fullmatch(value):
+        return UUID(value)
     if SLUG_PATTERN.fullmatch(value):
         return value
     try:

@@ -46,6 +46,34 @@ CREATE TABLE IF NOT EXISTS tenantry.lifecycle_log (
     at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS lifecycle_log_tenant_idx ON tenantry.lifecycle_log (tenant_id, id);
+CREATE TABLE IF NOT EXISTS tenantry.spare_schemas (
+    schema_name     text PRIMARY KEY,
+    schema_version  text,
+    cell            text NOT NULL DEFAULT 'default',
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+-- Provision a tenant schema: take a pre-built spare at the same version and rename it
+-- (milliseconds), or build it from the compiled DDL when none is left. Runs inside the
+-- caller's transaction, after search_path was set to the new schema.
+CREATE OR REPLACE FUNCTION tenantry.claim_or_build_schema(
+    p_schema text, p_version text, p_cell text, p_ddl text
+) RETURNS text LANGUAGE plpgsql AS $fn$
+DECLARE
+    spare text;
+BEGIN
+    DELETE FROM tenantry.spare_schemas WHERE schema_name = (
+        SELECT s.schema_name FROM tenantry.spare_schemas s
+        WHERE s.schema_version IS NOT DISTINCT FROM p_version AND s.cell = p_cell
+        ORDER BY s.created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) RETURNING schema_name INTO spare;
+    IF spare IS NULL THEN
+        EXECUTE p_ddl;
+        RETURN 'built';
+    END IF;
+    EXECUTE format('ALTER SCHEMA %I RENAME TO %I', spare, p_schema);
+    RETURN 'spare';
+END
+$fn$;
 """
 
 

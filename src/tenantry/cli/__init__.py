@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from tenantry.cli.spares import spares
 from tenantry.cli.tenants import tenants
 from tenantry.cli.token import token
 from tenantry.cli.up import up
@@ -18,6 +19,7 @@ def cli() -> None:
 cli.add_command(up)
 cli.add_command(token)
 cli.add_command(tenants)
+cli.add_command(spares)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ STATE_FILE = "state.json"
 EXIT_ERROR, EXIT_USAGE, EXIT_EXISTS, EXIT_NOT_FOUND, EXIT_STATE = 1, 2, 3, 4, 5
 
 
-def data_dir(option: str | None = None) -> Path:
+def resolve_data_dir(option: str | None = None) -> Path:
     """The data folder: ``--data-dir``, else ``$TENANTRY_DATA_DIR``, else ``./.tenantry``."""
     return Path(option or os.environ.get("TENANTRY_DATA_DIR") or DEFAULT_DATA_DIR).absolute()
 

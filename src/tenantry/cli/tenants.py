@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tenantry.catalog.models import Tenant, TenantStatus, Tier
-from tenantry.cli.runtime import data_dir, guarded, open_platform
+from tenantry.cli.runtime import guarded, open_platform, resolve_data_dir
 from tenantry.provisioning import ExportResult
 
 console = Console()
@@ -61,7 +61,7 @@ def create(
     """Provision tenant SLUG: catalog row, schema, tables, RLS and grants, atomically."""
 
     async def run() -> Tenant:
-        async with open_platform(_dir(data_dir)) as platform:
+        async with open_platform(resolve_data_dir(data_dir)) as platform:
             return await platform.tenants.create(
                 slug, tier=tier, name=name, ring=ring, actor="cli", exist_ok=exist_ok
             )
@@ -79,7 +79,7 @@ def list_(status: str | None, include_deleted: bool, data_dir: str | None, as_js
     """List tenants."""
 
     async def run() -> list[Tenant]:
-        async with open_platform(_dir(data_dir)) as platform:
+        async with open_platform(resolve_data_dir(data_dir)) as platform:
             return await platform.tenants.list(
                 status=TenantStatus(status) if status else None, include_deleted=include_deleted
             )
@@ -113,7 +113,7 @@ def show(slug: str, data_dir: str | None, as_json: bool) -> None:
     """Show one tenant (by slug or id)."""
 
     async def run() -> Tenant:
-        async with open_platform(_dir(data_dir)) as platform:
+        async with open_platform(resolve_data_dir(data_dir)) as platform:
             return await platform.tenants.get(slug)
 
     _print_tenant(asyncio.run(run()), as_json)
@@ -129,7 +129,7 @@ def suspend(slug: str, reason: str, data_dir: str | None, as_json: bool) -> None
     """Suspend a tenant: its requests get 403; data is untouched."""
 
     async def run() -> Tenant:
-        async with open_platform(_dir(data_dir)) as platform:
+        async with open_platform(resolve_data_dir(data_dir)) as platform:
             return await platform.tenants.suspend(slug, actor="cli", reason=reason)
 
     _print_tenant(asyncio.run(run()), as_json)
@@ -144,7 +144,7 @@ def resume(slug: str, data_dir: str | None, as_json: bool) -> None:
     """Resume a suspended tenant."""
 
     async def run() -> Tenant:
-        async with open_platform(_dir(data_dir)) as platform:
+        async with open_platform(resolve_data_dir(data_dir)) as platform:
             return await platform.tenants.resume(slug, actor="cli")
 
     _print_tenant(asyncio.run(run()), as_json)
@@ -180,7 +180,7 @@ def offboard(slug: str, out: Path, yes: bool, data_dir: str | None, as_json: boo
 async def _export(
     slug: str, out: Path, folder: str | None, *, offboard: bool, quiet: bool
 ) -> ExportResult:
-    async with open_platform(_dir(folder)) as platform:
+    async with open_platform(resolve_data_dir(folder)) as platform:
         tables = platform.compiled_schema.tables
         with Progress(
             TextColumn("{task.description}"),
@@ -216,7 +216,3 @@ def _print_export(result: ExportResult, as_json: bool) -> None:
             f"wrote [bold]{result.path}[/] ({result.total_rows} rows in "
             f"{len(result.manifest['tables'])} tables)"
         )
-
-
-def _dir(option: str | None) -> Path:
-    return data_dir(option)

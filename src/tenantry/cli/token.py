@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tenantry.catalog.identifiers import parse_tenant_key
-from tenantry.cli.runtime import data_dir, guarded, load_environment
+from tenantry.cli.runtime import guarded, load_environment, resolve_data_dir
 from tenantry.settings import Settings
 from tenantry.web.auth import TokenService
 
@@ -31,7 +31,7 @@ def token(
         raise click.UsageError("give either a tenant SLUG or --platform-admin")
     if slug is not None:
         parse_tenant_key(slug)
-    settings = Settings.from_env(load_environment(_dir(data_dir)))
+    settings = Settings.from_env(load_environment(resolve_data_dir(data_dir)))
     tokens = TokenService(settings.auth)
     if platform_admin:
         click.echo(
@@ -43,7 +43,3 @@ def token(
                 subject=subject or f"{role}@{slug}", tenant=slug, role=role, ttl_seconds=ttl
             )
         )
-
-
-def _dir(option: str | None):  # type: ignore[no-untyped-def]
-    return data_dir(option)

@@ -25,9 +25,9 @@ from rich.progress import Progress
 from tenantry.cli.runtime import (
     DEFAULT_APP,
     STATE_FILE,
-    data_dir,
     guarded,
     load_object,
+    resolve_data_dir,
     tenant_schema,
 )
 from tenantry.devstack import PostgresService, ValkeyService
@@ -119,7 +119,7 @@ def up(
     """Run the platform locally: embedded PostgreSQL + Valkey, demo tenants, the HR API."""
     import uvicorn
 
-    folder = _data_dir(data_dir)
+    folder = resolve_data_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     started: list[PostgresService | ValkeyService] = []
@@ -156,7 +156,3 @@ def up(
             service.stop()
         if started:
             console.print("embedded services stopped; data kept in " + str(folder))
-
-
-def _data_dir(option: str | None) -> Path:
-    return data_dir(option)

@@ -3,7 +3,12 @@
 from tenantry.db.binding import begin_statement
 from tenantry.db.cell import Cell
 from tenantry.db.database import Database
-from tenantry.db.errors import DatabaseError, TransactionAbortedError, UnknownCellError
+from tenantry.db.errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    TransactionAbortedError,
+    UnknownCellError,
+)
 from tenantry.db.tenant_schema import (
     CompiledTenantSchema,
     SchemaDefinitionError,
@@ -16,6 +21,7 @@ __all__ = [
     "CompiledTenantSchema",
     "Database",
     "DatabaseError",
+    "DatabaseUnavailableError",
     "SchemaDefinitionError",
     "SchemaStep",
     "TenantSchema",

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
+
+from tenantry.db.errors import DatabaseUnavailableError
 
 
 async def _configure(conn: AsyncConnection[Any]) -> None:
@@ -53,6 +56,21 @@ class Cell:
             open=False,
             name=f"{name}-app",
         )
+
+    async def check_reachable(self) -> None:
+        """Fail fast, with a readable message, when the owner URL cannot connect."""
+        try:
+            conn = await AsyncConnection.connect(self.owner_url, connect_timeout=5)
+        except OperationalError as exc:
+            info = conninfo_to_dict(self.owner_url)
+            where = (
+                f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+            )
+            raise DatabaseUnavailableError(
+                f"cannot connect to PostgreSQL at {where} ({str(exc).strip().splitlines()[0]}); "
+                "is it running? 'make up' starts an embedded one, or set DATABASE_URL"
+            ) from exc
+        await conn.close()
 
     async def open(self) -> None:
         """Open both pools, waiting (up to 30 s) for their first connections."""

@@ -15,3 +15,7 @@ class TransactionAbortedError(DatabaseError):
 
 class UnknownCellError(DatabaseError):
     """A tenant is placed on a cell this process has no connection pool for."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """PostgreSQL could not be reached with the configured URL."""

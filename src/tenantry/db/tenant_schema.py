@@ -168,7 +168,6 @@ class TenantSchema:
             table = sql.Identifier(name).as_string(None)
             if kind == "S":
                 sequences.append(name)
-                statements.append(f"GRANT USAGE, SELECT ON SEQUENCE {table} TO {role};")
                 continue
             tables.append(name)
             if tenant_type is None:
@@ -191,9 +190,15 @@ class TenantSchema:
                 "ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;\n"
                 f"CREATE POLICY {POLICY_NAME} ON {table} "
                 "USING (tenant_id = current_setting('app.tenant_id', true)::uuid) "
-                "WITH CHECK (tenant_id = current_setting('app.tenant_id', true)::uuid);\n"
-                f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {role};"
+                "WITH CHECK (tenant_id = current_setting('app.tenant_id', true)::uuid);"
             )
+        # One GRANT per kind for the whole step: fewer statements, same privileges.
+        new_tables = ", ".join(sql.Identifier(t).as_string(None) for t in tables)
+        new_sequences = ", ".join(sql.Identifier(q).as_string(None) for q in sequences)
+        if new_tables:
+            statements.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {new_tables} TO {role};")
+        if new_sequences:
+            statements.append(f"GRANT USAGE, SELECT ON SEQUENCE {new_sequences} TO {role};")
         if statements:
             # The scratch run must see the same safety net the tenants will get.
             await conn.execute("\n".join(statements).encode())

@@ -28,6 +28,7 @@ from tenantry.db import CompiledTenantSchema, Database
 from tenantry.db.binding import begin_statement
 from tenantry.provisioning.errors import ProvisioningError
 from tenantry.provisioning.export import ExportResult, ProgressCallback, export_tenant
+from tenantry.provisioning.spares import SparePool
 
 
 def _lit(value: Any) -> str:
@@ -44,11 +45,13 @@ class TenantLifecycle:
         *,
         directory: TenantDirectory | None = None,
         catalog: TenantCatalog | None = None,
+        spares: SparePool | None = None,
     ) -> None:
         self.db = db
         self.schema = schema
         self.directory = directory
         self.catalog = catalog or TenantCatalog()
+        self.spares = spares
 
     def creation_script(self, tenant: Tenant, actor: str) -> str:
         """The single message that creates ``tenant`` (exposed for ``--dry-run`` and tests)."""
@@ -69,13 +72,26 @@ class TenantLifecycle:
             )
         )
         detail = json.dumps({"tier": tenant.tier.value, "schema_version": tenant.schema_version})
+        ddl = self.schema.provision_sql(tenant.schema_name, self.db.settings.app_role)
+        if self.spares is None:
+            build = f"{ddl}\n"
+            source = _lit("built")
+        else:
+            # Rename a spare if one is in stock, else build: decided in the database, inside
+            # this same transaction and message.
+            build = ""
+            source = (
+                "tenantry.claim_or_build_schema("
+                f"{_lit(tenant.schema_name)}, {_lit(tenant.schema_version)}, "
+                f"{_lit(tenant.cell)}, {_lit(ddl)})"
+            )
         return (
-            f"{begin_statement(ctx)};\n"
-            f"{self.schema.provision_sql(tenant.schema_name, self.db.settings.app_role)}\n"
+            f"{begin_statement(ctx)};\n{build}"
             "INSERT INTO tenantry.tenants (id, slug, name, tier, ring, status, isolation, cell, "
             f"schema_name, schema_version) VALUES ({values});\n"
-            "INSERT INTO tenantry.lifecycle_log (tenant_id, action, actor, detail) VALUES "
-            f"({_lit(tenant.id)}, 'create', {_lit(actor)}, {_lit(detail)}::jsonb);\n"
+            "INSERT INTO tenantry.lifecycle_log (tenant_id, action, actor, detail) SELECT "
+            f"{_lit(tenant.id)}, 'create', {_lit(actor)}, "
+            f"{_lit(detail)}::jsonb || jsonb_build_object('schema_source', {source});\n"
             f"SELECT pg_notify({_lit(NOTIFY_CHANNEL)}, {_lit(str(tenant.id))});\n"
             "COMMIT;"
         )
@@ -134,6 +150,8 @@ class TenantLifecycle:
                     await conn.execute("ROLLBACK")
                 raise
         self._forget(tenant.id)
+        if self.spares is not None:
+            self.spares.kick()
         return tenant
 
     async def get(self, key: str | UUID) -> Tenant:

@@ -44,12 +44,12 @@ class TenantResolver(Protocol):
         """Resolve the request, or raise :class:`HTTPProblem` (4xx)."""
 
 
-def _headers(scope: Mapping[str, Any]) -> dict[bytes, bytes]:
+def _headers(scope: Mapping[str, Any], tenant_header: bytes) -> dict[bytes, bytes]:
     # Last one wins for duplicates except that duplicates of tenant-bearing headers are
     # refused below; ASGI header names are already lower-case.
     out: dict[bytes, bytes] = {}
     for name, value in scope.get("headers", ()):
-        if name in out and name in (b"host", b"authorization"):
+        if name in out and name in (b"host", b"authorization", tenant_header):
             raise HTTPProblem(400, "invalid_request", f"duplicate {name.decode()} header")
         out[name] = value
     return out
@@ -75,7 +75,7 @@ class ChainResolver:
 
     async def resolve(self, scope: Mapping[str, Any]) -> Resolution:
         """Find the request's tenant and caller, checking that all sources agree."""
-        headers = _headers(scope)
+        headers = _headers(scope, self._header)
         principal = self.tokens.from_authorization(headers.get(b"authorization"))
         if self.auth_required and principal is None:
             raise HTTPProblem(

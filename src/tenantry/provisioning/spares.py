@@ -1,0 +1,146 @@
+"""Spare schemas: ready-built, unassigned tenant schemas kept in stock.
+
+Building a tenant schema is DDL-heavy (every table, index and sequence is a catalog entry
+and a file). With a stock of spares, creating a tenant renames one
+(``tenantry.claim_or_build_schema``) inside the creation transaction, so the customer-
+facing cost is a rename plus the catalog row; the stock is refilled in the background,
+off the request path. Spares are interchangeable because nothing in a tenant schema names
+its tenant: ``tenant_id`` defaults to ``current_setting('app.tenant_id')`` and the RLS
+policy compares against the same setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from uuid import UUID
+
+from psycopg import sql
+
+from tenantry.context import TenantContext
+from tenantry.db import CompiledTenantSchema, Database
+from tenantry.db.binding import begin_statement
+
+logger = logging.getLogger("tenantry.provisioning.spares")
+
+SPARE_PREFIX = "tenantry_spare_"
+FILL_LOCK = 0x7E4A48  # one filler at a time per database
+_NOBODY = UUID(int=0)
+
+
+def _lit(value: object) -> str:
+    return sql.Literal(value).as_string(None)
+
+
+class SparePool:
+    """The stock of spare schemas of one cell, and its background refiller."""
+
+    def __init__(
+        self, db: Database, schema: CompiledTenantSchema, *, target: int, cell: str | None = None
+    ) -> None:
+        self.db = db
+        self.schema = schema
+        self.target = target
+        self.cell = cell or db.default_cell
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def count(self) -> int:
+        """Spares at the current schema version."""
+        async with self.db.cell(self.cell).owner_pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM tenantry.spare_schemas "
+                "WHERE schema_version IS NOT DISTINCT FROM %s AND cell = %s",
+                (self.schema.head, self.cell),
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def build_script(self, name: str) -> str:
+        """The single message that builds one spare (exposed for tests)."""
+        ctx = TenantContext(id=_NOBODY, slug="spare", tier="free", schema=name)
+        app_role = self.db.settings.app_role
+        return (
+            f"{begin_statement(ctx)};\n{self.schema.provision_sql(name, app_role)}\n"
+            "INSERT INTO tenantry.spare_schemas (schema_name, schema_version, cell) VALUES "
+            f"({_lit(name)}, {_lit(self.schema.head)}, {_lit(self.cell)});\nCOMMIT;"
+        )
+
+    async def fill(
+        self, target: int | None = None, *, on_built: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Build spares until ``target`` (default: the configured stock) exist; return how
+        many were built. Another process already filling makes this a no-op."""
+        goal = self.target if target is None else target
+        built = 0
+        async with self.db.cell(self.cell).owner_pool.connection() as conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (FILL_LOCK,))
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return 0
+            try:
+                missing = goal - await self.count()
+                for _ in range(max(0, missing)):
+                    try:
+                        await conn.execute(
+                            self.build_script(SPARE_PREFIX + secrets.token_hex(8)).encode()
+                        )
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            await conn.execute("ROLLBACK")
+                        raise
+                    built += 1
+                    if on_built is not None:
+                        on_built(built, missing)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (FILL_LOCK,))
+        return built
+
+    async def prune(self) -> int:
+        """Drop spares built for another schema version; return how many."""
+        async with self.db.transaction(cell=self.cell) as conn:
+            cur = await conn.execute(
+                "DELETE FROM tenantry.spare_schemas WHERE cell = %s "
+                "AND schema_version IS DISTINCT FROM %s RETURNING schema_name",
+                (self.cell, self.schema.head),
+            )
+            stale = [name for (name,) in await cur.fetchall()]
+            for name in stale:
+                await conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
+                )
+        return len(stale)
+
+    def kick(self) -> None:
+        """Ask the background refiller to top the stock up."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start the background refiller (long-running processes only)."""
+        if self._task is None and self.target > 0:
+            self._task = asyncio.create_task(self._refill(), name="tenantry-spares")
+            self.kick()
+
+    async def stop(self) -> None:
+        """Stop the refiller (a spare being built is rolled back with its connection)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _refill(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.fill()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("could not refill spare tenant schemas: %s", exc)
+                await asyncio.sleep(5.0)
+                self._wake.set()
