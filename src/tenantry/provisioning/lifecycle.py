@@ -10,6 +10,7 @@ row-level security and grants either all exist or none does, whatever dies mid-w
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -69,6 +70,8 @@ class TenantLifecycle:
                 tenant.cell,
                 tenant.schema_name,
                 tenant.schema_version,
+                tenant.created_at,
+                tenant.updated_at,
             )
         )
         detail = json.dumps({"tier": tenant.tier.value, "schema_version": tenant.schema_version})
@@ -88,7 +91,7 @@ class TenantLifecycle:
         return (
             f"{begin_statement(ctx)};\n{build}"
             "INSERT INTO tenantry.tenants (id, slug, name, tier, ring, status, isolation, cell, "
-            f"schema_name, schema_version) VALUES ({values});\n"
+            f"schema_name, schema_version, created_at, updated_at) VALUES ({values});\n"
             "INSERT INTO tenantry.lifecycle_log (tenant_id, action, actor, detail) SELECT "
             f"{_lit(tenant.id)}, 'create', {_lit(actor)}, "
             f"{_lit(detail)}::jsonb || jsonb_build_object('schema_source', {source});\n"
@@ -115,6 +118,7 @@ class TenantLifecycle:
         tier = Tier(tier)
         if ring < 0:
             raise ProvisioningError(f"ring must be 0 or more, got {ring}")
+        now = datetime.now(UTC)
         tenant = Tenant(
             id=uuid4(),
             slug=slug,
@@ -126,6 +130,8 @@ class TenantLifecycle:
             isolation=Isolation.SCHEMA,
             cell=self.db.default_cell,
             schema_version=self.schema.head,
+            created_at=now,
+            updated_at=now,
         )
         script = self.creation_script(tenant, actor)
         async with self.db.cell(tenant.cell).owner_pool.connection() as conn:
