@@ -70,9 +70,12 @@ class TenantLifecycle:
                 tenant.cell,
                 tenant.schema_name,
                 tenant.schema_version,
-                tenant.created_at,
-                tenant.updated_at,
             )
+        )
+        # A Tenant built without timestamps (e.g. for --dry-run) gets the server's clock.
+        stamps = ", ".join(
+            f"coalesce({_lit(v)}::timestamptz, now())"
+            for v in (tenant.created_at, tenant.updated_at)
         )
         detail = json.dumps({"tier": tenant.tier.value, "schema_version": tenant.schema_version})
         ddl = self.schema.provision_sql(tenant.schema_name, self.db.settings.app_role)
@@ -91,7 +94,7 @@ class TenantLifecycle:
         return (
             f"{begin_statement(ctx)};\n{build}"
             "INSERT INTO tenantry.tenants (id, slug, name, tier, ring, status, isolation, cell, "
-            f"schema_name, schema_version, created_at, updated_at) VALUES ({values});\n"
+            f"schema_name, schema_version, created_at, updated_at) VALUES ({values}, {stamps});\n"
             "INSERT INTO tenantry.lifecycle_log (tenant_id, action, actor, detail) SELECT "
             f"{_lit(tenant.id)}, 'create', {_lit(actor)}, "
             f"{_lit(detail)}::jsonb || jsonb_build_object('schema_source', {source});\n"
