@@ -108,6 +108,20 @@ class ChainResolver:
                 )
         if principal is not None and principal.tenant is None:
             raise HTTPProblem(403, "forbidden", "a platform-admin token cannot act as a tenant")
+        if (
+            principal is not None
+            and principal.tenant is not None
+            and all(name != "jwt" for name, _ in found)
+        ):
+            # "jwt" is not in the order, so the token did not take part above; its tenant
+            # must still agree, or any tenant's token would open every other tenant.
+            named = await self._lookup(principal.tenant, "token", not_found_status=403)
+            if named.id != tenant.id:
+                raise HTTPProblem(
+                    403,
+                    "tenant_mismatch",
+                    f"the tenant named by the token differs from the one named by {source}",
+                )
         self._check_status(tenant)
         return Resolution(tenant, principal)
 
