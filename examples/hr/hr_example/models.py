@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 T = TypeVar("T")
 LeaveKind = Literal["vacation", "sick", "parental", "unpaid"]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000: refuse it here (422), not in the database (500).
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (U+0000) characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+# Ids are PostgreSQL bigints: a larger number would fail in SQL instead of validation.
+RowId = Annotated[int, Field(gt=0, le=2**63 - 1)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -20,7 +32,7 @@ class Page(BaseModel, Generic[T]):
 
 class DepartmentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=120)
+    name: Text = Field(min_length=1, max_length=120)
 
 
 class Department(DepartmentIn):
@@ -31,21 +43,21 @@ class Department(DepartmentIn):
 
 class EmployeeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    first_name: str = Field(min_length=1, max_length=80)
-    last_name: str = Field(min_length=1, max_length=80)
+    first_name: Text = Field(min_length=1, max_length=80)
+    last_name: Text = Field(min_length=1, max_length=80)
     email: EmailStr
-    title: str = Field(default="", max_length=120)
-    department_id: int = Field(gt=0)
+    title: Text = Field(default="", max_length=120)
+    department_id: RowId
     hired_on: date
 
 
 class EmployeePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    first_name: str | None = Field(default=None, min_length=1, max_length=80)
-    last_name: str | None = Field(default=None, min_length=1, max_length=80)
+    first_name: Text | None = Field(default=None, min_length=1, max_length=80)
+    last_name: Text | None = Field(default=None, min_length=1, max_length=80)
     email: EmailStr | None = None
-    title: str | None = Field(default=None, max_length=120)
-    department_id: int | None = Field(default=None, gt=0)
+    title: Text | None = Field(default=None, max_length=120)
+    department_id: RowId | None = None
     hired_on: date | None = None
 
 
@@ -63,7 +75,7 @@ class Employee(BaseModel):
 
 class LeaveRequestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    employee_id: int = Field(gt=0)
+    employee_id: RowId
     starts_on: date
     ends_on: date
     kind: LeaveKind
