@@ -377,3 +377,38 @@ async def test_suspend_from_another_process_reaches_this_one_within_a_second(
     assert done.returncode == 0, done.stderr
     await _poll_status(client, headers, 200, within=1.0)
     assert _names(await _departments(client, headers)) == [tenant.slug]
+
+
+class PausingCatalog(TenantCatalog):
+    """The real catalog, pausing after its query until the test lets it return."""
+
+    def __init__(self) -> None:
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def find(self, conn: AsyncConnection[Any], key: str | UUID) -> Tenant | None:
+        self.calls += 1
+        found = await super().find(conn, key)
+        self.read.set()
+        await self.release.wait()
+        return found
+
+
+async def test_a_lookup_overtaken_by_an_invalidation_is_not_cached(
+    platform: Platform, tenant: Tenant
+) -> None:
+    """A row read before a catalog change arrives is returned once but never cached."""
+    from tenantry.catalog import TenantDirectory
+
+    catalog = PausingCatalog()
+    directory = TenantDirectory(platform.db, catalog)
+    lookup = asyncio.create_task(directory.get(tenant.slug))
+    await asyncio.wait_for(catalog.read.wait(), timeout=5)
+    directory.invalidate(tenant.id)  # e.g. a NOTIFY for a suspension, mid-lookup
+    catalog.release.set()
+    assert (await lookup).id == tenant.id
+    await directory.get(tenant.slug)
+    assert catalog.calls == 2  # the second lookup went back to the catalog
+    await directory.get(tenant.slug)
+    assert catalog.calls == 2  # and that one, undisturbed, was cached

@@ -49,6 +49,9 @@ class TenantDirectory:
         self._entries: OrderedDict[_Key, tuple[float, Tenant | None]] = OrderedDict()
         self._inflight: dict[_Key, asyncio.Future[Tenant | None]] = {}
         self._listener: asyncio.Task[None] | None = None
+        # Bumped by every invalidation: a lookup that started before one must not cache
+        # the (possibly stale) row it read.
+        self._generation = 0
         self.listening = asyncio.Event()
 
     # -- lookups --------------------------------------------------------------------------
@@ -71,13 +74,15 @@ class TenantDirectory:
             return await asyncio.shield(pending)
         future: asyncio.Future[Tenant | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        generation = self._generation
         try:
             async with self.db.cell().app_pool.connection() as conn:
                 if key[0] == "host":
                     tenant = await self.catalog.find_by_domain(conn, str(raw))
                 else:
                     tenant = await self.catalog.find(conn, raw)
-            self._store(key, tenant)
+            if generation == self._generation:
+                self._store(key, tenant)
             future.set_result(tenant)
             return tenant
         except BaseException as exc:
@@ -97,6 +102,7 @@ class TenantDirectory:
     # -- invalidation ---------------------------------------------------------------------
     def invalidate(self, tenant_id: UUID | None = None) -> None:
         """Forget a tenant's entries (and every negative entry); everything when ``None``."""
+        self._generation += 1
         if tenant_id is None:
             self._entries.clear()
             return

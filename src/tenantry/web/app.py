@@ -83,6 +83,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             logger.error("unhandled tenantry error on %s", request.url.path, exc_info=exc)
         return problem.response()
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        # Still the JSON error shape; the exception is logged with its traceback.
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return problem_response(500, "internal_error", "internal error")
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
