@@ -52,6 +52,13 @@ async def _page(
 
 
 # -- departments ------------------------------------------------------------------------
+_DEPARTMENT = (
+    "SELECT d.id, d.name, d.created_at, "
+    "(SELECT count(*) FROM employees e WHERE e.department_id = d.id) AS headcount "
+    "FROM departments d"
+)
+
+
 @router.get("/departments")
 async def list_departments(
     conn: TenantConnection, limit: Limit = 50, after: After = 0
@@ -59,9 +66,7 @@ async def list_departments(
     """Departments with their headcount, by id."""
     rows, nxt = await _page(
         conn,
-        "SELECT d.id, d.name, d.created_at, "
-        "(SELECT count(*) FROM employees e WHERE e.department_id = d.id) AS headcount "
-        "FROM departments d WHERE d.id > %s ORDER BY d.id LIMIT %s",
+        f"{_DEPARTMENT} WHERE d.id > %s ORDER BY d.id LIMIT %s",
         (after,),
         limit,
     )
@@ -88,12 +93,7 @@ async def create_department(body: DepartmentIn, conn: TenantConnection) -> Depar
 async def get_department(department_id: int, conn: TenantConnection) -> Department:
     """One department with its headcount."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT d.id, d.name, d.created_at, "
-            "(SELECT count(*) FROM employees e WHERE e.department_id = d.id) AS headcount "
-            "FROM departments d WHERE d.id = %s",
-            (department_id,),
-        )
+        await cur.execute(f"{_DEPARTMENT} WHERE d.id = %s", (department_id,))
         row = await cur.fetchone()
     if row is None:
         raise _not_found("department", department_id)

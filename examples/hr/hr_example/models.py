@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+from tenantry.web import PgText, RowId
 
 T = TypeVar("T")
 LeaveKind = Literal["vacation", "sick", "parental", "unpaid"]
-
-
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold U+0000: refuse it here (422), not in the database (500).
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (U+0000) characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
-# Ids are PostgreSQL bigints: a larger number would fail in SQL instead of validation.
-RowId = Annotated[int, Field(gt=0, le=2**63 - 1)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -32,7 +22,7 @@ class Page(BaseModel, Generic[T]):
 
 class DepartmentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Text = Field(min_length=1, max_length=120)
+    name: PgText = Field(min_length=1, max_length=120)
 
 
 class Department(DepartmentIn):
@@ -43,20 +33,20 @@ class Department(DepartmentIn):
 
 class EmployeeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    first_name: Text = Field(min_length=1, max_length=80)
-    last_name: Text = Field(min_length=1, max_length=80)
+    first_name: PgText = Field(min_length=1, max_length=80)
+    last_name: PgText = Field(min_length=1, max_length=80)
     email: EmailStr
-    title: Text = Field(default="", max_length=120)
+    title: PgText = Field(default="", max_length=120)
     department_id: RowId
     hired_on: date
 
 
 class EmployeePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    first_name: Text | None = Field(default=None, min_length=1, max_length=80)
-    last_name: Text | None = Field(default=None, min_length=1, max_length=80)
+    first_name: PgText | None = Field(default=None, min_length=1, max_length=80)
+    last_name: PgText | None = Field(default=None, min_length=1, max_length=80)
     email: EmailStr | None = None
-    title: Text | None = Field(default=None, max_length=120)
+    title: PgText | None = Field(default=None, max_length=120)
     department_id: RowId | None = None
     hired_on: date | None = None
 

@@ -14,16 +14,19 @@ from tenantry.web.dependencies import (
 from tenantry.web.errors import HTTPProblem, problem_response
 from tenantry.web.middleware import TenantMiddleware
 from tenantry.web.resolver import ChainResolver, Resolution, TenantResolver
+from tenantry.web.validation import PgText, RowId
 
 __all__ = [
     "ChainResolver",
     "CurrentPrincipal",
     "CurrentTenant",
     "HTTPProblem",
+    "PgText",
     "PlatformAdmin",
     "PlatformDep",
     "Principal",
     "Resolution",
+    "RowId",
     "TenantConnection",
     "TenantMiddleware",
     "TenantResolver",

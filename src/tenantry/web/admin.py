@@ -5,25 +5,16 @@ The same lifecycle coroutines as the CLI, behind a platform-admin bearer token.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from tenantry.catalog.models import Tier
 from tenantry.web.dependencies import PlatformAdmin, PlatformDep
+from tenantry.web.validation import PgText
 
 router = APIRouter(prefix="/admin/api", tags=["admin"])
-
-
-def _no_nul(value: str) -> str:
-    # PostgreSQL text and jsonb cannot hold U+0000: refuse it here (422), not in SQL (500).
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (U+0000) characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class TenantCreate(BaseModel):
@@ -31,14 +22,14 @@ class TenantCreate(BaseModel):
 
     slug: str = Field(min_length=2, max_length=39)
     tier: Tier = Tier.FREE
-    name: Text | None = Field(default=None, max_length=200)
+    name: PgText | None = Field(default=None, max_length=200)
     ring: int = Field(default=0, ge=0, le=100)
 
 
 class SuspendBody(BaseModel):
     """Body of ``POST /admin/api/tenants/{key}/suspend``."""
 
-    reason: Text = Field(default="", max_length=500)
+    reason: PgText = Field(default="", max_length=500)
 
 
 @router.get("/tenants")
