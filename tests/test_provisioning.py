@@ -205,7 +205,7 @@ def test_creation_is_one_transaction_in_one_message(platform: Platform) -> None:
         schema_version=HR_SCHEMA.head,
     )
     script = platform.tenants.creation_script(tenant, "tester")
-    assert script.startswith("BEGIN; SELECT set_config('search_path', ")
+    assert script.startswith("BEGIN; SET LOCAL search_path = ")
     assert str(tenant.id) in script.splitlines()[0]
     assert script.rstrip().endswith("COMMIT;")
     assert script.count("COMMIT") == 1

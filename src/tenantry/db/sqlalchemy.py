@@ -1,7 +1,7 @@
 """SQLAlchemy 2 integration: ORM sessions bound to a tenant.
 
 The engine runs in AUTOCOMMIT at the driver level so that tenantry opens each
-transaction itself with the tenant-binding ``BEGIN; SELECT set_config(...)`` — one round
+transaction itself with the tenant-binding ``BEGIN; SET LOCAL ...`` — one round
 trip, exactly like :meth:`tenantry.db.Database.tenant_transaction`. Every transaction the
 session starts (including after a ``session.commit()`` inside the block) is bound to the
 same tenant, through the session's ``after_begin`` event.

@@ -8,7 +8,9 @@ sequences it creates, and appends the safety net for each table:
 * a ``tenant_id uuid NOT NULL DEFAULT current_setting('app.tenant_id')::uuid`` column
   (added when the step did not declare it),
 * ``ENABLE`` + ``FORCE ROW LEVEL SECURITY`` and the ``tenant_isolation`` policy
-  ``tenant_id = current_setting('app.tenant_id', true)::uuid``,
+  ``tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid)`` — the setting
+  wrapped in a scalar subquery, so PostgreSQL evaluates it once per query (an InitPlan)
+  instead of once per row; same meaning, a fraction of the cost on every read,
 * explicit grants to the application role (never ``ON ALL TABLES IN SCHEMA``, which scans
   the catalog and so costs more as the fleet grows).
 
@@ -29,6 +31,7 @@ from psycopg.pq import TransactionStatus
 from tenantry.db.errors import DatabaseError
 
 POLICY_NAME = "tenant_isolation"
+POLICY_EXPRESSION = "tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid)"
 COMPILE_TENANT_ID = "00000000-0000-0000-0000-000000000000"
 
 
@@ -189,8 +192,7 @@ class TenantSchema:
                 f"ALTER TABLE {table} {column}"
                 "ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;\n"
                 f"CREATE POLICY {POLICY_NAME} ON {table} "
-                "USING (tenant_id = current_setting('app.tenant_id', true)::uuid) "
-                "WITH CHECK (tenant_id = current_setting('app.tenant_id', true)::uuid);"
+                f"USING ({POLICY_EXPRESSION}) WITH CHECK ({POLICY_EXPRESSION});"
             )
         # One GRANT per kind for the whole step: fewer statements, same privileges.
         new_tables = ", ".join(sql.Identifier(t).as_string(None) for t in tables)

@@ -1,7 +1,7 @@
 """Transactions that tenantry opens and closes itself, on autocommit connections.
 
 :func:`run_transaction` sends the opening statement (plain ``BEGIN`` or the tenant-binding
-``BEGIN; SELECT set_config(...)``), yields the connection, then sends ``COMMIT`` or
+``BEGIN; SET LOCAL ...``), yields the connection, then sends ``COMMIT`` or
 ``ROLLBACK``. Nested ``conn.transaction()`` blocks inside become savepoints.
 """
 
