@@ -3,8 +3,10 @@ control plane."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -360,3 +362,33 @@ async def test_admin_suspend_of_offboarded_tenant_is_409(
     served = await client.get("/api/employees", headers={"X-Tenant-ID": tenant.slug})
     assert served.status_code == 404, served.text
     assert error_code(served) == "tenant_not_found"
+
+
+async def test_a_remembered_resolution_ends_when_its_token_expires(
+    client: httpx.AsyncClient, tokens: TokenService, make_tenant: Callable[..., Awaitable[Tenant]]
+) -> None:
+    """Resolutions are memoised per request shape, but never past the token's expiry."""
+    tenant = await make_tenant("exp")
+    token = tokens.issue(subject="short@lived", tenant=tenant.slug, ttl_seconds=2)
+    exp = TokenService(tokens.settings).verify(token).claims["exp"]
+    for _ in range(3):  # the first answer is remembered, the next two come from memory
+        ok = await client.get("/api/departments", headers=bearer(token))
+        assert ok.status_code == 200, ok.text
+    await asyncio.sleep(max(0.0, exp - time.time()) + 0.2)
+    late = await client.get("/api/departments", headers=bearer(token))
+    assert late.status_code == 401
+    assert error_code(late) == "token_expired"
+
+
+async def test_a_remembered_resolution_ends_when_the_tenant_is_suspended(
+    client: httpx.AsyncClient, platform: Platform, make_tenant: Callable[..., Awaitable[Tenant]]
+) -> None:
+    """A suspension reaches requests whose resolution was remembered, at once."""
+    tenant = await make_tenant("sus")
+    headers = {"X-Tenant-ID": tenant.slug}
+    for _ in range(2):
+        assert (await client.get("/api/departments", headers=headers)).status_code == 200
+    await platform.tenants.suspend(tenant.slug)
+    refused = await client.get("/api/departments", headers=headers)
+    assert refused.status_code == 403
+    assert error_code(refused) == "tenant_suspended"

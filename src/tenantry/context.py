@@ -87,6 +87,20 @@ def tenant_scope(ctx: TenantContext | None) -> Iterator[TenantContext | None]:
         _current.reset(token)
 
 
+def bind_tenant(ctx: TenantContext | None) -> contextvars.Token[TenantContext | None]:
+    """Low-level: bind ``ctx`` and return the token for :func:`unbind_tenant`.
+
+    For edges (middleware, consumers) that cannot use a ``with`` block; everything else
+    should use :func:`tenant_scope`.
+    """
+    return _current.set(ctx)
+
+
+def unbind_tenant(token: contextvars.Token[TenantContext | None]) -> None:
+    """Restore the binding that :func:`bind_tenant` replaced."""
+    _current.reset(token)
+
+
 def wrap(fn: Callable[P, R]) -> Callable[P, R]:
     """Return ``fn`` bound to a snapshot of the *current* context (tenant included).
 

@@ -99,6 +99,11 @@ class TenantDirectory:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever any entry is invalidated (for derived caches)."""
+        return self._generation
+
     # -- invalidation ---------------------------------------------------------------------
     def invalidate(self, tenant_id: UUID | None = None) -> None:
         """Forget a tenant's entries (and every negative entry); everything when ``None``."""

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tenantry.context import tenant_scope
+from tenantry.context import bind_tenant, unbind_tenant
 from tenantry.web.errors import HTTPProblem
 from tenantry.web.resolver import TenantResolver
 
@@ -49,6 +49,8 @@ class TenantMiddleware:
         state = scope.setdefault("state", {})
         state[PRINCIPAL_KEY] = resolution.principal
         state[TENANT_KEY] = resolution.tenant
-        ctx = resolution.tenant.context() if resolution.tenant is not None else None
-        with tenant_scope(ctx):
+        token = bind_tenant(resolution.context)
+        try:
             await self.app(scope, receive, send)
+        finally:
+            unbind_tenant(token)

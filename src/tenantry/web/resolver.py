@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from tenantry.catalog.directory import TenantDirectory
 from tenantry.catalog.errors import InvalidTenantIdentifierError
 from tenantry.catalog.identifiers import parse_tenant_key
 from tenantry.catalog.models import Tenant, TenantStatus
+from tenantry.context import TenantContext
 from tenantry.settings import ResolutionSettings
 from tenantry.web.auth import Principal, TokenService
 from tenantry.web.errors import HTTPProblem
@@ -31,10 +33,18 @@ MAX_HEADER_LENGTH = 256
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """The outcome of resolving one request."""
+    """The outcome of resolving one request; ``context`` is ``tenant.context()``."""
 
     tenant: Tenant | None
     principal: Principal | None
+    context: TenantContext | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    resolution: Resolution
+    generation: int
+    expires: float
 
 
 class TenantResolver(Protocol):
@@ -72,10 +82,34 @@ class ChainResolver:
         self.auth_required = auth_required
         self._header = settings.header.lower().encode()
         self._bases = tuple(base.lower().strip(".") for base in settings.base_domains)
+        # Successful resolutions by (host, tenant header, authorization): an ordinary request
+        # repeats one of a few combinations, so it is answered from here without parsing,
+        # lookups or signature checks. An entry dies with any catalog change (the
+        # directory's generation), at the directory's TTL, and at its token's expiry.
+        self._memo: dict[tuple[bytes | None, bytes | None, bytes | None], _Memo] = {}
+        self.memo_size = settings.cache_size
 
     async def resolve(self, scope: Mapping[str, Any]) -> Resolution:
         """Find the request's tenant and caller, checking that all sources agree."""
         headers = _headers(scope, self._header)
+        key = (headers.get(b"host"), headers.get(self._header), headers.get(b"authorization"))
+        memo = self._memo.get(key)
+        if memo is not None:
+            if memo.generation == self.directory.generation and memo.expires > time.monotonic():
+                return memo.resolution
+            del self._memo[key]
+        generation = self.directory.generation
+        resolution = await self._resolve(headers)
+        expires = time.monotonic() + self.directory.ttl
+        if resolution.principal is not None:
+            remaining = float(resolution.principal.claims.get("exp", 0)) - time.time()
+            expires = min(expires, time.monotonic() + remaining)
+        if len(self._memo) >= self.memo_size:
+            self._memo.clear()  # hostile variety cannot grow it; the common keys return at once
+        self._memo[key] = _Memo(resolution, generation, expires)
+        return resolution
+
+    async def _resolve(self, headers: dict[bytes, bytes]) -> Resolution:
         principal = self.tokens.from_authorization(headers.get(b"authorization"))
         if self.auth_required and principal is None:
             raise HTTPProblem(
@@ -123,7 +157,7 @@ class ChainResolver:
                     f"the tenant named by the token differs from the one named by {source}",
                 )
         self._check_status(tenant)
-        return Resolution(tenant, principal)
+        return Resolution(tenant, principal, tenant.context())
 
     async def _from_source(
         self, source: str, headers: dict[bytes, bytes], principal: Principal | None
