@@ -69,7 +69,7 @@ async def export_tenant(
                     sql.Identifier(table)
                 )
                 with target.open("wb") as fh:
-                    async with conn.cursor(name=f"export_{rows}_{len(entries)}") as cur:
+                    async with conn.cursor(name=f"export_{len(entries)}") as cur:
                         await cur.execute(query)
                         while batch := await cur.fetchmany(2000):
                             for (text,) in batch:
