@@ -28,6 +28,7 @@ from psycopg import sql
 
 import _common as common
 from tenantry import Platform, Settings, TenantSchema
+from tenantry.cli.runtime import load_object
 
 NAME = "provision"
 DEFAULT_SCHEMA_FILE = common.REPO_DIR.parent / "shared" / "bench" / "hr15.sql"
@@ -41,7 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
         "--schema-file",
         type=Path,
         default=DEFAULT_SCHEMA_FILE,
-        help="the tenant schema DDL (unqualified names)",
+        help="the tenant schema: a .sql file (unqualified names) or module:object",
     )
     parser.add_argument(
         "--raw-schemas",
@@ -64,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     args = parser.parse_args(argv)
     if args.tenants < 1 or args.raw_schemas < 1:
         parser.error("--tenants and --raw-schemas must be at least 1")
-    if not args.schema_file.is_file():
+    if args.schema_file.suffix == ".sql" and not args.schema_file.is_file():
         parser.error(f"--schema-file {args.schema_file} does not exist")
     return args
 
@@ -90,9 +91,20 @@ def schedule(tenants: int, raws: int) -> list[tuple[str, int]]:
     return plan
 
 
+def load_schema(spec: Path) -> TenantSchema:
+    """A ``.sql`` file (its own BEGIN/COMMIT dropped, as tenantry does) or a
+    ``module:object`` naming a TenantSchema, e.g. ``hr_example.schema:HR_SCHEMA``."""
+    if spec.suffix == ".sql":
+        return TenantSchema.from_sql_files([spec])
+    schema = load_object(str(spec), "--schema-file")
+    if not isinstance(schema, TenantSchema):
+        raise SystemExit(f"{spec} is not a TenantSchema")
+    return schema
+
+
 async def run(args: Any, url: str) -> dict[str, Any]:
-    schema = TenantSchema.from_sql_files([args.schema_file])
-    ddl = schema.steps[0].sql  # the file's own BEGIN/COMMIT dropped, as tenantry does
+    schema = load_schema(args.schema_file)
+    ddl = "".join(step.sql.strip().rstrip(";") + ";\n" for step in schema.steps)
     platform = Platform(Settings.from_env({"DATABASE_URL": url}), schema)
     await platform.start()
     try:
@@ -262,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 tenant["mean"],
             ],
             [
-                "raw hr15 DDL (baseline)",
+                "raw DDL alone (baseline)",
                 raw["n"],
                 raw["p50"],
                 raw["p95"],
