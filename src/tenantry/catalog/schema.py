@@ -74,6 +74,50 @@ BEGIN
     RETURN 'spare';
 END
 $fn$;
+-- Fleet migrations (tenantry.migrations). The ledger of tenant schemas is
+-- tenants.schema_version; the control plane's own chain has one ledger row here. Each
+-- migration transaction starts with a compare-and-set through these functions, so a step
+-- can never be applied twice, whatever was killed and whoever runs concurrently.
+CREATE TABLE IF NOT EXISTS tenantry.control_plane_version (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    version     text,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO tenantry.control_plane_version (id) VALUES (true) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS tenantry.migration_failures (
+    tenant_id       uuid PRIMARY KEY REFERENCES tenantry.tenants (id) ON DELETE CASCADE,
+    from_version    text,
+    target_version  text,
+    error           text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 1,
+    failed_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION tenantry.advance_schema_version(
+    p_tenant uuid, p_from text, p_to text, p_actor text
+) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    UPDATE tenantry.tenants SET schema_version = p_to, updated_at = now()
+    WHERE id = p_tenant AND schema_version IS NOT DISTINCT FROM p_from;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % is no longer at schema version %', p_tenant, p_from
+            USING ERRCODE = 'TY001', HINT = 'another migration run moved it first';
+    END IF;
+    DELETE FROM tenantry.migration_failures WHERE tenant_id = p_tenant;
+    INSERT INTO tenantry.lifecycle_log (tenant_id, action, actor, detail)
+    VALUES (p_tenant, 'migrate', p_actor, jsonb_build_object('from', p_from, 'to', p_to));
+END
+$fn$;
+CREATE OR REPLACE FUNCTION tenantry.advance_control_plane_version(p_from text, p_to text)
+RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    UPDATE tenantry.control_plane_version SET version = p_to, updated_at = now()
+    WHERE id AND version IS NOT DISTINCT FROM p_from;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the control plane is no longer at version %', p_from
+            USING ERRCODE = 'TY001', HINT = 'another migration run moved it first';
+    END IF;
+END
+$fn$;
 """
 
 

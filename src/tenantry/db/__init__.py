@@ -10,6 +10,7 @@ from tenantry.db.errors import (
     UnknownCellError,
 )
 from tenantry.db.tenant_schema import (
+    CompiledStep,
     CompiledTenantSchema,
     SchemaDefinitionError,
     SchemaStep,
@@ -18,6 +19,7 @@ from tenantry.db.tenant_schema import (
 
 __all__ = [
     "Cell",
+    "CompiledStep",
     "CompiledTenantSchema",
     "Database",
     "DatabaseError",

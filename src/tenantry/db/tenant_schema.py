@@ -14,11 +14,21 @@ sequences it creates, and appends the safety net for each table:
 * explicit grants to the application role (never ``ON ALL TABLES IN SCHEMA``, which scans
   the catalog and so costs more as the fleet grows).
 
-The result is a script provisioning sends in a single round trip per tenant.
+The result is a script provisioning sends in a single round trip per tenant, and the same
+SQL cut per step (:class:`CompiledStep`), which the fleet migrator applies to tenants that
+are behind: a new tenant and a migrated one run exactly the same statements, so they
+cannot drift apart.
+
+A step marked ``transactional=False`` holds statements PostgreSQL refuses inside a
+transaction block (``CREATE INDEX CONCURRENTLY``). The migrator runs it as written, one
+statement at a time; provisioning and the compile dry-run run it without ``CONCURRENTLY``
+— on a brand-new, empty table the plain form builds the same index, in the same
+transaction as the rest of the schema.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +43,8 @@ from tenantry.db.errors import DatabaseError
 POLICY_NAME = "tenant_isolation"
 POLICY_EXPRESSION = "tenant_id = (SELECT current_setting('app.tenant_id', true)::uuid)"
 COMPILE_TENANT_ID = "00000000-0000-0000-0000-000000000000"
+_CONCURRENTLY = re.compile(r"\s+CONCURRENTLY\b", re.IGNORECASE)
+_STATEMENT_END = re.compile(r";[ \t]*(?:--[^\n]*)?(?:\n|$)")
 
 
 class SchemaDefinitionError(DatabaseError):
@@ -43,12 +55,47 @@ class SchemaDefinitionError(DatabaseError):
 class SchemaStep:
     """One versioned step of the tenant schema: DDL with unqualified names.
 
-    Steps run inside tenantry's transaction: no ``BEGIN``/``COMMIT`` of their own.
+    Steps run inside tenantry's transaction: no ``BEGIN``/``COMMIT`` of their own. A step
+    with ``transactional=False`` runs outside any transaction during fleet migrations, one
+    statement at a time (for ``CREATE INDEX CONCURRENTLY``); it must be safe to run again
+    after an interruption (``IF NOT EXISTS``) and may not create tables.
     """
 
     version: str
     sql: str
     description: str = ""
+    transactional: bool = True
+
+    @property
+    def transactional_sql(self) -> str:
+        """The step as it runs inside a transaction (``CONCURRENTLY`` dropped if needed)."""
+        return self.sql if self.transactional else _CONCURRENTLY.sub("", self.sql)
+
+
+def split_statements(text: str) -> list[str]:
+    """Cut simple DDL at each ``;`` that ends a line (no dollar-quoted bodies expected)."""
+    return [part.strip() for part in _STATEMENT_END.split(text) if part.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledStep:
+    """One step as every tenant runs it: the product's SQL plus its safety net.
+
+    ``sql`` runs inside a transaction (provisioning, and transactional migrations).
+    ``online_sql`` is what a fleet migration runs for a non-transactional step, statement
+    by statement outside a transaction; ``None`` for ordinary steps.
+    """
+
+    version: str
+    sql: str
+    description: str = ""
+    transactional: bool = True
+    online_sql: str | None = None
+    tables: tuple[str, ...] = ()
+
+    def statements(self) -> list[str]:
+        """The statements of a non-transactional step, in order."""
+        return split_statements(self.online_sql if self.online_sql is not None else self.sql)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +106,28 @@ class CompiledTenantSchema:
     tables: tuple[str, ...]
     sequences: tuple[str, ...]
     ddl: str
+    steps: tuple[CompiledStep, ...] = ()
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """Every step's version, in order."""
+        return tuple(step.version for step in self.steps)
+
+    def pending(self, version: str | None) -> tuple[CompiledStep, ...]:
+        """The steps a tenant at ``version`` still needs (``None``: it has none yet).
+
+        Raises :class:`SchemaDefinitionError` for a version this chain does not contain
+        (a tenant built by another release, say).
+        """
+        if version is None:
+            return self.steps
+        versions = self.versions
+        if version not in versions:
+            raise SchemaDefinitionError(
+                f"schema version {version!r} is not in this tenant schema chain "
+                f"({', '.join(versions) or 'empty'}); is another release deployed?"
+            )
+        return self.steps[versions.index(version) + 1 :]
 
     def provision_sql(self, schema: str, app_role: str) -> str:
         """Create ``schema`` and everything in it; expects ``search_path`` set to it."""
@@ -78,9 +147,14 @@ def _strip_transaction_control(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TenantSchema:
-    """The ordered chain of steps that builds a tenant's schema."""
+    """The ordered chain of steps that builds a tenant's schema.
+
+    ``source`` is the migration script folder the chain was loaded from, if any (where
+    ``tenantry migrations new`` writes the next one).
+    """
 
     steps: tuple[SchemaStep, ...]
+    source: Path | None = None
 
     def __post_init__(self) -> None:
         versions = [step.version for step in self.steps]
@@ -102,6 +176,13 @@ class TenantSchema:
             )
         )
 
+    def upto(self, version: str) -> TenantSchema:
+        """The chain up to and including ``version`` (what an older release shipped)."""
+        versions = [step.version for step in self.steps]
+        if version not in versions:
+            raise SchemaDefinitionError(f"no step {version!r} in this tenant schema")
+        return TenantSchema(self.steps[: versions.index(version) + 1], self.source)
+
     @property
     def head(self) -> str | None:
         """The version of the last step."""
@@ -117,6 +198,7 @@ class TenantSchema:
         tables: list[str] = []
         sequences: list[str] = []
         parts: list[str] = []
+        compiled: list[CompiledStep] = []
         await conn.execute(
             f"BEGIN; CREATE SCHEMA {ident}; "
             f"SELECT set_config('search_path', {sql.Literal(ident).as_string(None)}, true), "
@@ -125,7 +207,8 @@ class TenantSchema:
         try:
             for step in self.steps:
                 try:
-                    await conn.execute(step.sql.encode())
+                    if step.transactional_sql.strip():
+                        await conn.execute(step.transactional_sql.encode())
                 except Exception as exc:
                     raise SchemaDefinitionError(
                         f"tenant schema step {step.version!r} failed: {exc}"
@@ -138,16 +221,35 @@ class TenantSchema:
                 new_tables, new_sequences, net = await self._safety_net(
                     conn, scratch, set(tables) | set(sequences), app_role
                 )
+                if not step.transactional and (new_tables or new_sequences):
+                    raise SchemaDefinitionError(
+                        f"tenant schema step {step.version!r} is non-transactional but creates "
+                        f"{', '.join(new_tables + new_sequences)}; create tables in an "
+                        "ordinary step and keep CONCURRENTLY work in a step of its own"
+                    )
                 tables += new_tables
                 sequences += new_sequences
-                body = step.sql.strip().rstrip(";")
-                parts.append(f"-- step {step.version}\n{body};\n{net}")
+                body = step.transactional_sql.strip().rstrip(";")
+                text = "\n".join(part for part in (f"{body};" if body else "", net) if part)
+                parts.append(f"-- step {step.version}\n{text}")
+                compiled.append(
+                    CompiledStep(
+                        step.version,
+                        text,
+                        step.description,
+                        step.transactional,
+                        None if step.transactional else step.sql,
+                        tuple(new_tables),
+                    )
+                )
         finally:
             if conn.info.transaction_status != TransactionStatus.IDLE:
                 await conn.execute("ROLLBACK")
             else:  # a step committed despite the rule above: remove the scratch schema
                 await conn.execute(f"DROP SCHEMA IF EXISTS {ident} CASCADE")
-        return CompiledTenantSchema(self.head, tuple(tables), tuple(sequences), "\n".join(parts))
+        return CompiledTenantSchema(
+            self.head, tuple(tables), tuple(sequences), "\n".join(parts), tuple(compiled)
+        )
 
     @staticmethod
     async def _safety_net(
