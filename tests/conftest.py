@@ -27,6 +27,11 @@ REDIS_URL = os.environ.get(
     "TENANTRY_TEST_REDIS_URL",
     f"redis://127.0.0.1:{os.environ.get('TENANTRY_TEST_VALKEY_PORT', '63799')}/0",
 )
+_CLUSTER_PORTS = os.environ.get("TENANTRY_TEST_VALKEY_CLUSTER_PORTS", "7101,7102,7103")
+REDIS_CLUSTER_URL = os.environ.get(
+    "TENANTRY_TEST_REDIS_CLUSTER_URL",
+    "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in _CLUSTER_PORTS.split(",")),
+)
 JWT_SECRET = "test-secret-" + "x" * 40
 
 
@@ -54,6 +59,26 @@ def redis_url() -> str:
     """URL of the test Valkey server."""
     _require("Valkey", lambda: redis.Redis.from_url(REDIS_URL, socket_timeout=5).ping())
     return REDIS_URL
+
+
+def _check_cluster(url: str) -> None:
+    seeds = url.split("://", 1)[1].split(",")
+    for seed in seeds:
+        client = redis.Redis.from_url(f"redis://{seed}", socket_timeout=5)
+        try:
+            info = client.execute_command("CLUSTER INFO")
+        finally:
+            client.close()
+        state = info.get("cluster_state") if isinstance(info, dict) else None
+        if state != "ok":
+            raise RuntimeError(f"{seed} reports cluster_state {state!r}")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """Seed-list URL of the test Valkey cluster (three masters)."""
+    _require("The Valkey cluster", lambda: _check_cluster(REDIS_CLUSTER_URL))
+    return REDIS_CLUSTER_URL
 
 
 def _fresh_database(admin_url: str, prefix: str) -> tuple[str, str]:
@@ -100,6 +125,9 @@ def settings(database_url: str, redis_url: str) -> Settings:
             "REDIS_URL": redis_url,
             "TENANTRY_JWT_SECRET": JWT_SECRET,
             "TENANTRY_DB_POOL_MAX": "12",
+            # The shared app serves load tests of other capabilities; rate limits are
+            # tested on apps of their own (tests/test_cache_*.py).
+            "TENANTRY_RATE_LIMIT": "off",
         }
     )
 

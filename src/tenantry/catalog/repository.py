@@ -7,6 +7,7 @@ writes the catalog row in the same transaction as the tenant's schema.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -115,6 +116,19 @@ class TenantCatalog:
             "UPDATE tenantry.tenants SET status = %s, updated_at = now(), "
             "deleted_at = CASE WHEN %s = 'deleted' THEN now() END WHERE id = %s",
             (status.value, status.value, tenant_id),
+        )
+        await self.notify_changed(conn, tenant_id)
+
+    async def update_attributes(
+        self, conn: AsyncConnection[Any], tenant_id: UUID, changes: Mapping[str, Any]
+    ) -> None:
+        """Merge ``changes`` into the tenant's attributes (``None`` values remove keys)."""
+        removed = [name for name, value in changes.items() if value is None]
+        kept = {name: value for name, value in changes.items() if value is not None}
+        await conn.execute(
+            "UPDATE tenantry.tenants SET attributes = (attributes || %s::jsonb) - %s::text[], "
+            "updated_at = now() WHERE id = %s",
+            (json.dumps(kept), removed, tenant_id),
         )
         await self.notify_changed(conn, tenant_id)
 

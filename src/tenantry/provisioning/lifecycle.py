@@ -10,6 +10,8 @@ row-level security and grants either all exist or none does, whatever dies mid-w
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,11 @@ from tenantry.db.binding import begin_statement
 from tenantry.provisioning.errors import ProvisioningError
 from tenantry.provisioning.export import ExportResult, ProgressCallback, export_tenant
 from tenantry.provisioning.spares import SparePool
+
+logger = logging.getLogger("tenantry.lifecycle")
+
+TenantListener = Callable[[Tenant], Awaitable[None]]
+"""Called with the tenant's new catalog entry after a committed status or attribute change."""
 
 
 def _lit(value: Any) -> str:
@@ -53,6 +60,9 @@ class TenantLifecycle:
         self.directory = directory
         self.catalog = catalog or TenantCatalog()
         self.spares = spares
+        # After-commit hooks (end a suspended tenant's sessions, say). A failing listener
+        # is logged; the change it reacts to is already committed and stands.
+        self.listeners: list[TenantListener] = []
 
     def creation_script(self, tenant: Tenant, actor: str) -> str:
         """The single message that creates ``tenant`` (exposed for ``--dry-run`` and tests)."""
@@ -250,6 +260,7 @@ class TenantLifecycle:
                 {"archive": str(result.path), "rows": result.total_rows},
             )
         self._forget(tenant.id)
+        await self._notify(await self.get(tenant.id))
         return result
 
     async def _transition(
@@ -279,7 +290,30 @@ class TenantLifecycle:
             await self.catalog.set_status(conn, tenant.id, target)
             await self.catalog.log(conn, tenant.id, action, actor, detail)
         self._forget(tenant.id)
-        return await self.get(tenant.id)
+        changed = await self.get(tenant.id)
+        await self._notify(changed)
+        return changed
+
+    async def update_attributes(
+        self, key: str | UUID, changes: Mapping[str, Any], *, actor: str = "system"
+    ) -> Tenant:
+        """Merge ``changes`` into the tenant's ``attributes`` (a ``None`` value removes that
+        attribute), e.g. ``{"rate_limit": {"rate": 500, "burst": 1000}}``."""
+        async with self.db.transaction() as conn:
+            tenant = await self.catalog.get(conn, key)
+            await self.catalog.update_attributes(conn, tenant.id, changes)
+            await self.catalog.log(conn, tenant.id, "attributes", actor, dict(changes))
+        self._forget(tenant.id)
+        changed = await self.get(tenant.id)
+        await self._notify(changed)
+        return changed
+
+    async def _notify(self, tenant: Tenant) -> None:
+        for listener in self.listeners:
+            try:
+                await listener(tenant)
+            except Exception:
+                logger.exception("a lifecycle listener failed for tenant %s", tenant.slug)
 
     def _forget(self, tenant_id: UUID) -> None:
         # Other processes hear the NOTIFY; this one drops its entry at once.

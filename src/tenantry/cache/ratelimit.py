@@ -1,0 +1,266 @@
+"""Per-tenant rate limits, quotas and concurrency caps, in one Lua script.
+
+One ``EVALSHA`` per request checks, atomically and on Redis' clock:
+
+* a **quota**: at most ``quota`` requests per ``quota_window`` (fixed windows aligned to the
+  epoch, so 86400 is UTC days);
+* a **concurrency cap**: at most ``concurrency`` requests in flight (a sorted set of
+  leases; a lease not given back within ``concurrency_lease`` seconds is reclaimed, so a
+  crashed worker cannot leak slots);
+* a **rate limit** by GCRA (the generic cell rate algorithm): ``rate`` requests per second
+  sustained, bursts up to ``burst``. The state is one timestamp per tenant.
+
+Nothing is consumed unless every check passes. Checks (and the release of in-flight
+slots, which no request waits for) are auto-pipelined: concurrent requests share round
+trips, and each check still costs at most one. All three keys carry the tenant's hash
+tag, so the script runs on one cluster node. Limits come from the tenant's tier
+(:class:`~tenantry.settings.RateLimitSettings`), overridden by the catalog attribute
+``rate_limit`` (e.g. ``{"rate": 500, "burst": 1000}``).
+
+When Redis is unavailable the limiter fails open (lets requests through) or closed
+(:class:`RateLimitUnavailableError`, HTTP 503), per ``RateLimitSettings.fail_open``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+from uuid import UUID
+
+from tenantry.cache._pipeline import AutoPipeline
+from tenantry.cache.client import RedisClient
+from tenantry.cache.degradation import RedisGuard
+from tenantry.cache.errors import RateLimitUnavailableError, RedisUnavailableError
+from tenantry.cache.keys import KeyBuilder
+from tenantry.context import TenantContext
+from tenantry.errors import ConfigurationError
+from tenantry.settings import RateLimitSettings, TierLimits
+
+logger = logging.getLogger("tenantry.ratelimit")
+
+REASONS = {1: "rate", 2: "quota", 3: "concurrency"}
+OVERRIDE_ATTRIBUTE = "rate_limit"
+
+# KEYS: gcra, quota, in-flight.  ARGV: emission interval us, burst, quota, quota window us,
+# concurrency, lease us, cost, lease id.
+# -> {allowed, reason, remaining, retry_after_ms, reset_ms}
+_CHECK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local emission = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local quota = tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+local conc = tonumber(ARGV[5])
+local lease = tonumber(ARGV[6])
+local cost = tonumber(ARGV[7])
+local index, used, window_end = 0, 0, 0
+if quota > 0 then
+  index = math.floor(now / window)
+  window_end = (index + 1) * window
+  local q = redis.call('HMGET', KEYS[2], 'w', 'n')
+  if q[1] and tonumber(q[1]) == index then used = tonumber(q[2]) end
+  if used + cost > quota then
+    return {0, 2, 0, math.ceil((window_end - now) / 1000), math.ceil((window_end - now) / 1000)}
+  end
+end
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now - lease))
+  if redis.call('ZCARD', KEYS[3]) >= conc then
+    return {0, 3, 0, 1000, 1000}
+  end
+end
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + emission * cost
+local allow_at = new_tat - emission * burst
+if allow_at > now then
+  return {0, 1, 0, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000)}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX',
+           string.format('%.0f', math.ceil((new_tat - now) / 1000) + 1))
+if quota > 0 then
+  redis.call('HSET', KEYS[2], 'w', string.format('%.0f', index),
+             'n', string.format('%.0f', used + cost))
+  redis.call('PEXPIREAT', KEYS[2], string.format('%.0f', math.ceil(window_end / 1000) + 1000))
+end
+if conc > 0 then
+  redis.call('ZADD', KEYS[3], string.format('%.0f', now), ARGV[8])
+  redis.call('PEXPIRE', KEYS[3], string.format('%.0f', math.ceil(lease / 1000)))
+end
+return {1, 0, math.floor((now - allow_at) / emission), 0, math.ceil((new_tat - now) / 1000)}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """The outcome of one check: allowed or not, why, and what to tell the client.
+
+    ``reason`` is ``"rate"``, ``"quota"`` or ``"concurrency"`` for a refusal. ``degraded``
+    means Redis was unavailable and the limiter failed open. A decision holding a
+    ``lease`` must be given back with :meth:`RateLimiter.release`.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float = 0.0
+    reason: str | None = None
+    lease: tuple[bytes, str] | None = None
+    degraded: bool = False
+
+    def headers(self) -> list[tuple[str, str]]:
+        """``RateLimit-Limit/Remaining/Reset`` (and ``Retry-After`` on a refusal)."""
+        if self.degraded:
+            return []
+        out = [
+            ("RateLimit-Limit", str(self.limit)),
+            ("RateLimit-Remaining", str(max(0, self.remaining))),
+            ("RateLimit-Reset", str(math.ceil(self.reset_after))),
+        ]
+        if not self.allowed:
+            out.append(("Retry-After", str(max(1, math.ceil(self.retry_after)))))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A tenant's limits, as the script's command prefix (built once per tenant)."""
+
+    tier: str
+    override: Any  # held, so its identity stays unique while the plan is cached
+    limits: TierLimits
+    command: tuple[Any, ...]
+    inflight: bytes
+
+
+class RateLimiter:
+    """Checks and counts requests per tenant (see the module docstring)."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        guard: RedisGuard | None = None,
+        keys: KeyBuilder | None = None,
+        settings: RateLimitSettings | None = None,
+        bucket: str = "api",
+        pipeline: AutoPipeline | None = None,
+    ) -> None:
+        self.redis = redis
+        self.guard = guard or RedisGuard()
+        self.keys = keys or KeyBuilder()
+        self.settings = settings or RateLimitSettings()
+        self.bucket = bucket
+        self.pipeline = pipeline or AutoPipeline(redis, self.guard)
+        self._sha = self.pipeline.script(_CHECK)
+        self._plans: dict[UUID, _Plan] = {}
+        self._lease_prefix = secrets.token_hex(6)
+        self._lease_ids = count()
+        self._warned: set[tuple[UUID, str]] = set()
+
+    def limits_for(self, tenant: TenantContext) -> TierLimits:
+        """The tier's limits with the tenant's ``rate_limit`` attribute applied.
+
+        A malformed override is logged (once) and ignored: a typo in the catalog must not
+        take a tenant offline.
+        """
+        return self._plan(tenant).limits
+
+    def _plan(self, tenant: TenantContext) -> _Plan:
+        override = tenant.attributes.get(OVERRIDE_ATTRIBUTE)
+        plan = self._plans.get(tenant.id)
+        # A catalog change brings a new attributes object: identity is the cheap test.
+        if plan is not None and plan.tier == tenant.tier and plan.override is override:
+            return plan
+        limits = self.settings.tiers.get(tenant.tier) or self.settings.tiers.get("free")
+        if limits is None:
+            raise ConfigurationError(f"no rate limits are configured for tier {tenant.tier!r}")
+        if override is not None:
+            limits = self._apply(tenant, limits, override)
+        keys = [
+            self.keys.internal("_rl", self.bucket, tenant.id).encode(),
+            self.keys.internal("_rl", f"{self.bucket}:quota", tenant.id).encode(),
+            self.keys.internal("_rl", f"{self.bucket}:inflight", tenant.id).encode(),
+        ]
+        args = (
+            max(1, round(1_000_000 / limits.rate)),
+            limits.burst,
+            limits.quota,
+            limits.quota_window * 1_000_000,
+            limits.concurrency,
+            max(1, int(self.settings.concurrency_lease * 1_000_000)),
+        )
+        # Pre-encoded: the per-request work is appending the cost and the lease id.
+        plan = _Plan(
+            tier=tenant.tier,
+            override=override,
+            limits=limits,
+            command=("EVALSHA", self._sha, b"3", *keys, *(str(a).encode() for a in args)),
+            inflight=keys[2],
+        )
+        if len(self._plans) >= 100_000:
+            self._plans.clear()
+        self._plans[tenant.id] = plan
+        return plan
+
+    def _apply(self, tenant: TenantContext, limits: TierLimits, override: Any) -> TierLimits:
+        try:
+            if not isinstance(override, Mapping):
+                raise ConfigurationError("the rate_limit attribute must be an object")
+            return limits.merged(override)
+        except ConfigurationError as exc:
+            marker = (tenant.id, str(exc))
+            if len(self._warned) >= 10_000:
+                self._warned.clear()
+            if marker not in self._warned:
+                self._warned.add(marker)
+                logger.warning(
+                    "ignoring tenant %s's rate_limit override (%s); using its tier's limits",
+                    tenant.slug,
+                    exc,
+                )
+            return limits
+
+    async def acquire(self, tenant: TenantContext, *, cost: int = 1) -> RateDecision:
+        """Check and count one request (one round trip at most)."""
+        plan = self._plan(tenant)
+        burst, concurrency = plan.limits.burst, plan.limits.concurrency
+        lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}" if concurrency else ""
+        try:
+            reply = await self.pipeline.call(*plan.command, cost, lease_id)
+        except RedisUnavailableError as exc:
+            if self.settings.fail_open:
+                return RateDecision(True, burst, burst, 0.0, degraded=True)
+            raise RateLimitUnavailableError(
+                "rate limiting is unavailable and configured to fail closed; retry shortly"
+            ) from exc
+        allowed, reason, remaining, retry_ms, reset_ms = (int(part) for part in reply)
+        return RateDecision(
+            allowed=allowed == 1,
+            limit=burst,
+            remaining=remaining,
+            reset_after=reset_ms / 1000,
+            retry_after=retry_ms / 1000,
+            reason=REASONS.get(reason),
+            lease=(plan.inflight, lease_id) if allowed == 1 and concurrency else None,
+        )
+
+    def release(self, decision: RateDecision) -> None:
+        """Give back a decision's in-flight slot (a no-op without one).
+
+        Nobody waits for it: the ``ZREM`` leaves with the next batch. If Redis is down
+        meanwhile the lease simply expires.
+        """
+        if decision.lease is not None:
+            self.pipeline.send("ZREM", *decision.lease)
+
+    async def drain(self) -> None:
+        """Send whatever is still queued (at shutdown, before the client closes)."""
+        await self.pipeline.drain()

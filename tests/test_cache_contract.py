@@ -1,0 +1,579 @@
+"""The cache contract: one suite, run against a real Valkey node and a real 3-master cluster.
+
+Cache-aside hits, misses and TTL; invalidation by key, namespace and tenant that leaves
+every other tenant's entries alone; stampede protection; sessions; rate limits, quotas and
+concurrency caps. Tenants here are plain ``TenantContext`` values with fresh ids, and every
+key lives under a prefix of this run, removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from redis.crc import key_slot
+
+from tenantry import TenantContext, tenant_scope
+from tenantry.cache import (
+    KeyBuilder,
+    RateLimiter,
+    RedisClient,
+    RedisGuard,
+    SessionStore,
+    SessionTenantMismatchError,
+    TenantCache,
+    create_redis_client,
+    is_cluster,
+)
+from tenantry.settings import (
+    CacheSettings,
+    RateLimitSettings,
+    RedisSettings,
+    SessionSettings,
+    TierLimits,
+)
+
+
+@dataclass
+class Backend:
+    """One Redis deployment under test, with helpers that build the capabilities on it."""
+
+    name: str
+    client: RedisClient
+    guard: RedisGuard = field(default_factory=RedisGuard)
+    keys: KeyBuilder = field(default_factory=lambda: KeyBuilder(f"test-{secrets.token_hex(4)}:"))
+
+    def cache(self, **settings: Any) -> TenantCache:
+        return TenantCache(
+            self.client, guard=self.guard, keys=self.keys, settings=CacheSettings(**settings)
+        )
+
+    def sessions(self, **settings: Any) -> SessionStore:
+        return SessionStore(
+            self.client, guard=self.guard, keys=self.keys, settings=SessionSettings(**settings)
+        )
+
+    def limiter(self, limits: TierLimits, **settings: Any) -> RateLimiter:
+        tiers = MappingProxyType({"free": limits, "pro": limits, "enterprise": limits})
+        return RateLimiter(
+            self.client,
+            guard=self.guard,
+            keys=self.keys,
+            settings=RateLimitSettings(tiers=tiers, **settings),
+        )
+
+
+def tenant(tier: str = "free", **attributes: Any) -> TenantContext:
+    """A fresh tenant (no database needed: the cache only uses its id, tier and attributes)."""
+    slug = f"c{secrets.token_hex(4)}"
+    return TenantContext(
+        id=uuid4(), slug=slug, tier=tier, schema=f"t_{slug}", attributes=dict(attributes)
+    )
+
+
+@pytest.fixture(scope="module", params=["single", "cluster"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """A real single Valkey node, then the real three-master cluster."""
+    url = request.getfixturevalue("redis_url" if request.param == "single" else "redis_cluster_url")
+    client = create_redis_client(RedisSettings(url=url))
+    subject = Backend(request.param, client)
+    try:
+        yield subject
+    finally:
+        stale = [key async for key in client.scan_iter(match=f"{subject.keys.prefix}*")]
+        for key in stale:
+            await client.delete(key)
+        await client.aclose()
+
+
+class Loader:
+    """A loader that counts its calls and returns a new value each time."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.delay = delay
+
+    async def __call__(self) -> dict[str, int]:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return {"version": self.calls}
+
+
+# -- client and keys ------------------------------------------------------------------------
+async def test_the_client_matches_the_deployment(backend: Backend) -> None:
+    """One URL makes a single-node client for a node and a cluster client for a seed list."""
+    assert is_cluster(backend.client) == (backend.name == "cluster")
+    assert await backend.client.ping()
+
+
+async def test_a_tenants_keys_share_one_cluster_slot(backend: Backend) -> None:
+    """Every key of a tenant hashes to the slot of its id; another tenant's keys elsewhere."""
+    one, two = tenant(), tenant()
+    keys = [
+        backend.keys.key("departments", "list:0:50", one),
+        backend.keys.key("employees", 7, one),
+        backend.keys.internal("_session", "x" * 43, one),
+        backend.keys.internal("_rl", "api", one),
+    ]
+    assert all(key.startswith(f"{backend.keys.prefix}t:{{{one.id}}}:") for key in keys)
+    assert {key_slot(key.encode()) for key in keys} == {key_slot(str(one.id).encode())}
+    others = {key_slot(str(tenant().id).encode()) for _ in range(20)} | {
+        key_slot(str(two.id).encode())
+    }
+    assert len(others) > 1  # ids spread over slots, so tenants spread over nodes
+
+
+# -- cache-aside ----------------------------------------------------------------------------
+async def test_a_miss_loads_and_a_hit_does_not(backend: Backend) -> None:
+    """The first read runs the loader and stores its value; the next is served from Redis."""
+    cache, load = backend.cache(), Loader()
+    with tenant_scope(tenant()):
+        first = await cache.get_or_load("departments", 1, load)
+        second = await cache.get_or_load("departments", 1, load)
+    assert first == second == {"version": 1}
+    assert load.calls == 1
+    assert (cache.stats.misses, cache.stats.hits) == (1, 1)
+
+
+async def test_entries_expire_after_their_ttl(backend: Backend) -> None:
+    """An entry stored with a TTL is recomputed once the TTL has passed, not before."""
+    cache, load = backend.cache(), Loader()
+    with tenant_scope(tenant()):
+        await cache.get_or_load("departments", "ttl", load, ttl=0.3)
+        await cache.get_or_load("departments", "ttl", load, ttl=0.3)
+        assert load.calls == 1
+        await asyncio.sleep(0.45)
+        assert await cache.get_or_load("departments", "ttl", load, ttl=0.3) == {"version": 2}
+
+
+async def test_values_round_trip_the_same_hit_or_miss(backend: Backend) -> None:
+    """What a miss returns is what a hit returns: JSON data, ``None`` included."""
+    cache = backend.cache()
+
+    async def nothing() -> None:
+        return None
+
+    async def nested() -> dict[str, Any]:
+        return {"a": [1, 2.5, "x", None], "b": {"c": True}}
+
+    with tenant_scope(tenant()):
+        assert await cache.get_or_load("things", "none", nothing) is None
+        assert await cache.get_or_load("things", "none", Loader()) is None  # cached miss
+        miss = await cache.get_or_load("things", "nested", nested)
+        assert miss == await cache.get_or_load("things", "nested", Loader()) == await nested()
+        assert await cache.set("things", "direct", [1, 2])
+        assert await cache.get("things", "direct") == [1, 2]
+        assert await cache.get("things", "absent") is None
+
+
+async def test_invalidating_a_key_drops_only_that_key(backend: Backend) -> None:
+    """``invalidate`` recomputes one key; its neighbours stay cached."""
+    cache, load = backend.cache(), Loader()
+    with tenant_scope(tenant()):
+        await cache.get_or_load("departments", 1, load)
+        await cache.get_or_load("departments", 2, load)
+        await cache.invalidate("departments", 1)
+        assert await cache.get_or_load("departments", 1, load) == {"version": 3}
+        assert await cache.get_or_load("departments", 2, load) == {"version": 2}
+
+
+async def test_invalidating_a_namespace_spares_other_namespaces_and_tenants(
+    backend: Backend,
+) -> None:
+    """A namespace invalidation is one tenant's one namespace: nothing else is dropped."""
+    cache = backend.cache()
+    acme, globex = tenant(), tenant()
+    for who in (acme, globex):
+        await cache.set("departments", "list", f"{who.slug}-departments", tenant=who)
+        await cache.set("employees", "list", f"{who.slug}-employees", tenant=who)
+    await cache.invalidate_namespace("departments", tenant=acme)
+    assert await cache.get("departments", "list", tenant=acme) is None
+    assert await cache.get("employees", "list", tenant=acme) == f"{acme.slug}-employees"
+    assert await cache.get("departments", "list", tenant=globex) == f"{globex.slug}-departments"
+
+
+async def test_invalidating_a_tenant_leaves_other_tenants_intact(backend: Backend) -> None:
+    """Clearing one tenant drops all of its entries, in O(1), and none of anyone else's."""
+    cache = backend.cache()
+    tenants = [tenant() for _ in range(5)]
+    for who in tenants:
+        for namespace in ("departments", "employees", "reports"):
+            for key in range(3):
+                await cache.set(namespace, key, [who.slug, namespace, key], tenant=who)
+    victim, others = tenants[0], tenants[1:]
+    await cache.invalidate_tenant(victim)
+    for namespace in ("departments", "employees", "reports"):
+        for key in range(3):
+            assert await cache.get(namespace, key, tenant=victim) is None
+            for who in others:
+                assert await cache.get(namespace, key, tenant=who) == [who.slug, namespace, key]
+    # And the tenant caches again at once.
+    await cache.set("departments", 0, "fresh", tenant=victim)
+    assert await cache.get("departments", 0, tenant=victim) == "fresh"
+
+
+async def test_the_same_key_in_two_tenants_is_two_entries(backend: Backend) -> None:
+    """A key never crosses tenants: each tenant loads and sees its own value."""
+    cache = backend.cache()
+    acme, globex = tenant(), tenant()
+    for who in (acme, globex):
+        with tenant_scope(who):
+
+            async def load(slug: str = who.slug) -> str:
+                return slug
+
+            assert await cache.get_or_load("profile", "me", load) == who.slug
+    with tenant_scope(acme):
+        assert await cache.get_or_load("profile", "me", Loader()) == acme.slug
+
+
+async def test_the_cached_decorator_keys_by_arguments(backend: Backend) -> None:
+    """``@cache.cached`` caches per tenant and per argument list."""
+    cache = backend.cache()
+    calls: list[tuple[int, str]] = []
+
+    @cache.cached("reports", ttl=30)
+    async def report(year: int, kind: str = "full") -> dict[str, Any]:
+        calls.append((year, kind))
+        return {"year": year, "kind": kind}
+
+    with tenant_scope(tenant()):
+        assert await report(2025) == {"year": 2025, "kind": "full"}
+        assert await report(2025) == {"year": 2025, "kind": "full"}
+        assert await report(2025, kind="short") == {"year": 2025, "kind": "short"}
+    with tenant_scope(tenant()):
+        await report(2025)
+    assert calls == [(2025, "full"), (2025, "short"), (2025, "full")]
+
+
+# -- stampede protection --------------------------------------------------------------------
+async def test_a_stampede_of_100_misses_recomputes_once(backend: Backend) -> None:
+    """100 concurrent misses on one key, through 100 separate cache instances (as if from
+    100 processes: no in-process sharing), run the loader exactly once."""
+    caches = [backend.cache() for _ in range(100)]
+    load = Loader(delay=0.2)
+    with tenant_scope(tenant()):
+        values = await asyncio.gather(*(c.get_or_load("hot", "key", load) for c in caches))
+    assert load.calls == 1
+    assert values == [{"version": 1}] * 100
+
+
+async def test_concurrent_misses_in_one_process_share_one_round_trip(backend: Backend) -> None:
+    """Within one instance, concurrent misses on a key wait for one lookup and one load."""
+    cache, load = backend.cache(), Loader(delay=0.05)
+    with tenant_scope(tenant()):
+        values = await asyncio.gather(*(cache.get_or_load("hot", "k", load) for _ in range(100)))
+    assert load.calls == 1
+    assert cache.stats.misses == 1
+    assert values == [{"version": 1}] * 100
+
+
+async def test_a_failed_recompute_lets_the_next_caller_retry_at_once(backend: Backend) -> None:
+    """A loader that raises gives its lease back: the next caller loads without waiting."""
+    cache = backend.cache(lock_ttl=30)
+
+    async def broken() -> None:
+        raise RuntimeError("source down")
+
+    with tenant_scope(tenant()):
+        with pytest.raises(RuntimeError, match="source down"):
+            await cache.get_or_load("hot", "fails", broken)
+        value = await asyncio.wait_for(cache.get_or_load("hot", "fails", Loader()), timeout=2)
+    assert value == {"version": 1}
+
+
+async def test_a_recompute_racing_an_invalidation_is_not_cached(backend: Backend) -> None:
+    """A value computed from rows a write then replaced is never served from the cache, and
+    readers after the write do not wait for that stale recompute."""
+    cache = backend.cache(lock_ttl=30)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_old_value() -> str:
+        started.set()
+        await release.wait()
+        return "old"
+
+    async def new_value() -> str:
+        return "new"
+
+    with tenant_scope(tenant()):
+        for key, invalidate in enumerate(
+            (
+                lambda key: cache.invalidate("departments", key),
+                lambda key: cache.invalidate_namespace("departments"),
+                lambda key: cache.invalidate_tenant(),
+            )
+        ):
+            started.clear()
+            release.clear()
+            reader = asyncio.create_task(cache.get_or_load("departments", key, slow_old_value))
+            await started.wait()
+            await invalidate(key)  # a write committed while the reader was loading
+            fresh = cache.get_or_load("departments", key, new_value)
+            assert await asyncio.wait_for(fresh, timeout=2) == "new"
+            release.set()
+            assert await reader == "old"  # its caller gets it; the cache does not keep it
+            assert await cache.get_or_load("departments", key, slow_old_value) == "new"
+
+
+# -- sessions -------------------------------------------------------------------------------
+async def test_a_session_round_trips_and_unknown_ids_find_nothing(backend: Backend) -> None:
+    """A created session is found by its id, in its tenant; a random id finds nothing."""
+    sessions = backend.sessions()
+    with tenant_scope(tenant()) as ctx:
+        assert ctx is not None
+        created = await sessions.create("ada", {"role": "admin"})
+        found = await sessions.get(created.id)
+        assert found is not None
+        assert (found.user_id, found.data, found.tenant_id) == ("ada", {"role": "admin"}, ctx.id)
+        assert len(created.id) == 43
+        assert await sessions.get(secrets.token_urlsafe(32)) is None
+        assert await sessions.get("not a session id") is None
+        saved = await sessions.save(found, {"role": "admin", "theme": "dark"})
+        assert saved is not None
+        again = await sessions.get(created.id)
+        assert again is not None
+        assert again.data == {"role": "admin", "theme": "dark"}
+
+
+async def test_a_session_from_another_tenant_is_rejected_and_logged(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tenant A's session id presented on tenant B is refused, and the attempt is logged."""
+    sessions = backend.sessions()
+    acme, globex = tenant(), tenant()
+    session = await sessions.create("ada", tenant=acme)
+    with (
+        caplog.at_level(logging.WARNING, logger="tenantry.sessions"),
+        pytest.raises(SessionTenantMismatchError),
+    ):
+        await sessions.get(session.id, tenant=globex)
+    assert any(
+        str(acme.id) in record.getMessage() and str(globex.id) in record.getMessage()
+        for record in caplog.records
+    )
+    assert session.id not in caplog.text  # the log never holds a usable session id
+    assert await sessions.get(session.id, tenant=acme) is not None  # still fine at home
+
+
+async def test_sessions_end_when_idle(backend: Backend) -> None:
+    """An unused session ends after ``idle_ttl``; each use slides the deadline."""
+    sessions = backend.sessions(idle_ttl=0.6, absolute_ttl=60)
+    with tenant_scope(tenant()):
+        used, idle = await sessions.create("ada"), await sessions.create("grace")
+        for _ in range(4):
+            await asyncio.sleep(0.2)
+            assert await sessions.get(used.id) is not None
+        assert await sessions.get(idle.id) is None
+
+
+async def test_sessions_end_at_their_absolute_expiry_however_used(backend: Backend) -> None:
+    """A session in constant use still ends ``absolute_ttl`` after it was created."""
+    sessions = backend.sessions(idle_ttl=0.5, absolute_ttl=0.8)
+    with tenant_scope(tenant()):
+        session = await sessions.create("ada")
+        assert session.expires_at == pytest.approx(session.created_at + 0.8)
+        alive: list[float] = []
+        dead: list[float] = []
+        while (elapsed := time.time() - session.created_at) < 1.1:
+            found = await sessions.get(session.id)
+            (alive if found is not None else dead).append(elapsed)
+            await asyncio.sleep(0.1)
+    assert alive
+    assert dead
+    assert max(alive) < 0.8 + 0.05  # Redis' own TTL ends it; a few ms of clock slack
+    assert min(dead) > 0.8 - 0.05
+    assert all(a < d for a in alive for d in dead)
+
+
+async def test_rotation_on_login_replaces_the_id_and_keeps_the_data(backend: Backend) -> None:
+    """Logging in issues a new id with the old session's data; the old id is dead."""
+    sessions = backend.sessions()
+    with tenant_scope(tenant()):
+        anonymous = await sessions.create("anonymous", {"cart": [1, 2]})
+        logged_in = await sessions.rotate(anonymous.id, "ada")
+        assert logged_in.id != anonymous.id
+        assert (logged_in.user_id, logged_in.data) == ("ada", {"cart": [1, 2]})
+        assert await sessions.get(anonymous.id) is None
+        assert await sessions.get(logged_in.id) is not None
+        fresh = await sessions.rotate(None, "grace", {"role": "member"})
+        assert fresh.data == {"role": "member"}
+
+
+async def test_log_out_everywhere_per_user_and_per_tenant(backend: Backend) -> None:
+    """Logging a user out everywhere ends only their sessions; a tenant-wide logout ends
+    every session of that tenant and none of another's."""
+    sessions = backend.sessions()
+    acme, globex = tenant(), tenant()
+    ada = [await sessions.create("ada", tenant=acme) for _ in range(3)]
+    grace = await sessions.create("grace", tenant=acme)
+    ada_elsewhere = await sessions.create("ada", tenant=globex)
+    await sessions.logout_user("ada", tenant=acme)
+    for session in ada:
+        assert await sessions.get(session.id, tenant=acme) is None
+    assert await sessions.get(grace.id, tenant=acme) is not None
+    assert await sessions.get(ada_elsewhere.id, tenant=globex) is not None
+    after = await sessions.create("ada", tenant=acme)  # a new login works at once
+    assert await sessions.get(after.id, tenant=acme) is not None
+
+    await sessions.logout_tenant(acme)
+    assert await sessions.get(grace.id, tenant=acme) is None
+    assert await sessions.get(after.id, tenant=acme) is None
+    assert await sessions.get(ada_elsewhere.id, tenant=globex) is not None
+    await sessions.destroy(ada_elsewhere.id, tenant=globex)
+    assert await sessions.get(ada_elsewhere.id, tenant=globex) is None
+
+
+# -- rate limits ----------------------------------------------------------------------------
+async def test_a_burst_is_admitted_then_refused_with_retry_after(backend: Backend) -> None:
+    """GCRA: ``burst`` requests at once, the next refused until one emission interval."""
+    limiter = backend.limiter(TierLimits(rate=2, burst=5))
+    who = tenant()
+    decisions = [await limiter.acquire(who) for _ in range(6)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert [d.remaining for d in decisions[:5]] == [4, 3, 2, 1, 0]
+    refused = decisions[5]
+    assert refused.reason == "rate"
+    assert 0 < refused.retry_after <= 0.5
+    headers = dict(refused.headers())
+    assert headers["RateLimit-Limit"] == "5"
+    assert headers["RateLimit-Remaining"] == "0"
+    assert headers["Retry-After"] == "1"
+    assert int(headers["RateLimit-Reset"]) in (2, 3)
+    await asyncio.sleep(refused.retry_after + 0.05)
+    assert (await limiter.acquire(who)).allowed
+
+
+async def test_one_check_is_one_round_trip(backend: Backend) -> None:
+    """A rate-limit check sends exactly one command (an EVALSHA) to Redis."""
+    limiter = backend.limiter(TierLimits(rate=100, burst=100, concurrency=5, quota=1000))
+    who = tenant()
+    await limiter.acquire(who)  # the script is loaded on first use
+    sent: list[Any] = []
+    client: Any = backend.client
+    original = client.execute_command
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        sent.append(args[0])
+        return await original(*args, **kwargs)
+
+    client.execute_command = counting
+    try:
+        decision = await limiter.acquire(who)
+    finally:
+        del client.execute_command
+    assert decision.allowed
+    assert sent == ["EVALSHA"]
+
+
+async def test_concurrent_checks_share_round_trips_and_stay_exact(backend: Backend) -> None:
+    """200 checks at once travel in a few pipelined batches, and exactly ``burst`` of them
+    are admitted: batching changes the round trips, not the decisions."""
+    limiter = backend.limiter(TierLimits(rate=0.001, burst=37, concurrency=1000))
+    who = tenant()
+    decisions = await asyncio.gather(*(limiter.acquire(who) for _ in range(200)))
+    assert sum(d.allowed for d in decisions) == 37
+    assert limiter.pipeline.commands == 200
+    assert limiter.pipeline.batches < 20
+    for decision in decisions:
+        limiter.release(decision)  # queued, not awaited
+    await limiter.drain()
+    inflight = backend.keys.internal("_rl", "api:inflight", who)
+    assert await backend.client.zcard(inflight) == 0
+
+
+async def test_quota_refuses_once_used_up(backend: Backend) -> None:
+    """A window quota admits ``quota`` requests and refuses the rest until the window ends."""
+    limiter = backend.limiter(TierLimits(rate=1000, burst=1000, quota=3, quota_window=3600))
+    who = tenant()
+    decisions = [await limiter.acquire(who) for _ in range(5)]
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
+    assert decisions[3].reason == "quota"
+    assert 0 < decisions[3].retry_after <= 3600
+
+
+async def test_concurrency_cap_counts_requests_in_flight(backend: Backend) -> None:
+    """At most ``concurrency`` requests hold a slot; a released slot admits the next."""
+    limiter = backend.limiter(TierLimits(rate=1000, burst=1000, concurrency=2))
+    who = tenant()
+    first, second = await limiter.acquire(who), await limiter.acquire(who)
+    third = await limiter.acquire(who)
+    assert (first.allowed, second.allowed, third.allowed) == (True, True, False)
+    assert third.reason == "concurrency"
+    limiter.release(first)
+    assert (await limiter.acquire(who)).allowed
+
+
+async def test_a_leaked_concurrency_slot_is_reclaimed(backend: Backend) -> None:
+    """Slots never given back (a crashed worker) are reclaimed after the lease."""
+    limiter = backend.limiter(
+        TierLimits(rate=1000, burst=1000, concurrency=1), concurrency_lease=0.3
+    )
+    who = tenant()
+    assert (await limiter.acquire(who)).allowed
+    assert not (await limiter.acquire(who)).allowed
+    await asyncio.sleep(0.4)
+    assert (await limiter.acquire(who)).allowed
+
+
+async def test_refusals_consume_nothing(backend: Backend) -> None:
+    """A request refused by one limit takes nothing from the others."""
+    limiter = backend.limiter(TierLimits(rate=1000, burst=1000, concurrency=1, quota=2))
+    who = tenant()
+    held = await limiter.acquire(who)
+    for _ in range(5):
+        assert (await limiter.acquire(who)).reason == "concurrency"
+    limiter.release(held)
+    assert (await limiter.acquire(who)).allowed  # the quota's second request, not its sixth
+
+
+async def test_limits_are_per_tenant(backend: Backend) -> None:
+    """One tenant using up its limit leaves every other tenant's untouched."""
+    limiter = backend.limiter(TierLimits(rate=1, burst=3))
+    noisy, quiet = tenant(), tenant()
+    for _ in range(10):
+        await limiter.acquire(noisy)
+    assert not (await limiter.acquire(noisy)).allowed
+    assert [(await limiter.acquire(quiet)).allowed for _ in range(3)] == [True] * 3
+
+
+async def test_tier_limits_are_overridden_by_the_catalog_attribute(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``attributes.rate_limit`` overrides the tier's limits; a malformed one is logged
+    once and ignored."""
+    limiter = backend.limiter(TierLimits(rate=1, burst=2))
+    generous = tenant(rate_limit={"burst": 6, "rate": 50})
+    broken = tenant(rate_limit={"burst": "lots"})
+    assert limiter.limits_for(generous) == TierLimits(rate=50, burst=6)
+    assert [(await limiter.acquire(generous)).allowed for _ in range(7)] == [True] * 6 + [False]
+    with caplog.at_level(logging.WARNING, logger="tenantry.ratelimit"):
+        for _ in range(3):
+            assert limiter.limits_for(broken) == TierLimits(rate=1, burst=2)
+            await limiter.acquire(broken)
+    assert len([r for r in caplog.records if broken.slug in r.getMessage()]) == 1
+
+
+async def test_limits_follow_the_tier(backend: Backend) -> None:
+    """Each tier has its own defaults."""
+    tiers = MappingProxyType(
+        {"free": TierLimits(rate=1, burst=1), "enterprise": TierLimits(rate=1, burst=4)}
+    )
+    limiter = RateLimiter(
+        backend.client,
+        guard=backend.guard,
+        keys=backend.keys,
+        settings=RateLimitSettings(tiers=tiers),
+    )
+    free, enterprise = tenant("free"), tenant("enterprise")
+    assert [(await limiter.acquire(free)).allowed for _ in range(2)] == [True, False]
+    assert [(await limiter.acquire(enterprise)).allowed for _ in range(5)] == [True] * 4 + [False]
