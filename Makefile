@@ -39,6 +39,10 @@ bench: venv
 	scripts/services start postgres
 	$(BIN)/python bench/tenant_overhead.py
 	$(BIN)/python bench/provision.py
+	$(BIN)/python bench/flags.py
+	$(BIN)/python bench/fleet.py
+	scripts/services start valkey valkey-cluster
+	$(BIN)/python bench/cache.py
 
 services: venv
 	scripts/services start

@@ -6,20 +6,39 @@ state: two platforms (two databases, say) can live in one process.
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Any
 
-from redis.asyncio import Redis
-
-from tenantry.catalog import TenantCatalog, TenantDirectory, bootstrap_control_plane
+from tenantry.cache import (
+    KeyBuilder,
+    RateLimiter,
+    RedisClient,
+    RedisGuard,
+    RedisUnavailableError,
+    SessionStore,
+    TenantCache,
+    create_redis_client,
+)
+from tenantry.catalog import (
+    Tenant,
+    TenantCatalog,
+    TenantDirectory,
+    TenantStatus,
+    bootstrap_control_plane,
+)
 from tenantry.db import CompiledTenantSchema, Database, TenantSchema
 from tenantry.errors import ConfigurationError
+from tenantry.flags import FeatureFlags, bootstrap_flags
 from tenantry.provisioning import SparePool, TenantLifecycle
 from tenantry.settings import Settings
 
+logger = logging.getLogger("tenantry.platform")
+
 
 class Platform:
-    """Database cells, the catalog, the tenant directory, lifecycle and (optional) Redis."""
+    """Database cells, the catalog, the tenant directory, lifecycle, feature flags and
+    (optional) Redis: tenant cache, sessions and rate limits."""
 
     def __init__(self, settings: Settings, tenant_schema: TenantSchema) -> None:
         if not settings.database.url:
@@ -37,9 +56,28 @@ class Platform:
             ttl=settings.resolution.cache_ttl_seconds,
             max_entries=settings.resolution.cache_size,
         )
-        self.redis: Redis | None = (
-            Redis.from_url(settings.redis.url) if settings.redis.url else None
+        self.redis: RedisClient | None = (
+            create_redis_client(settings.redis) if settings.redis.url else None
         )
+        # Cache, sessions and rate limits share the client and its outage detection.
+        self.redis_guard = RedisGuard(
+            retry_interval=settings.redis.retry_interval,
+            warn_interval=settings.redis.warn_interval,
+            max_in_flight=settings.redis.max_connections,
+        )
+        keys = KeyBuilder(settings.redis.key_prefix)
+        self.cache = TenantCache(
+            self.redis, guard=self.redis_guard, keys=keys, settings=settings.cache
+        )
+        self.sessions = SessionStore(
+            self.redis, guard=self.redis_guard, keys=keys, settings=settings.sessions
+        )
+        self.rate_limiter: RateLimiter | None = (
+            RateLimiter(self.redis, guard=self.redis_guard, keys=keys, settings=settings.rate_limit)
+            if self.redis is not None and settings.rate_limit.enabled
+            else None
+        )
+        self.flags = FeatureFlags(self.db, settings.flags, catalog=self.catalog)
         self.spares: SparePool | None = None
         self._compiled: CompiledTenantSchema | None = None
         self._lifecycle: TenantLifecycle | None = None
@@ -71,6 +109,7 @@ class Platform:
                     app_role=self.settings.database.app_role,
                     app_password=self.settings.database.app_password,
                 )
+                await bootstrap_flags(conn, app_role=self.settings.database.app_role)
         async with cell.owner_pool.connection() as conn:
             self._compiled = await self.tenant_schema.compile(
                 conn, app_role=self.settings.database.app_role
@@ -87,19 +126,42 @@ class Platform:
             catalog=self.catalog,
             spares=self.spares,
         )
+        self._lifecycle.listeners.append(self._tenant_changed)
         if listen:
             await self.directory.start()
+            await self.flags.start()
             if self.spares is not None:
                 await self.spares.start()
 
     async def stop(self) -> None:
         """Stop listening and close every connection."""
         await self.directory.stop()
+        await self.flags.stop()
         if self.spares is not None:
             await self.spares.stop()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.drain()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()
+
+    async def _tenant_changed(self, tenant: Tenant) -> None:
+        # A tenant that stops being served loses its sessions everywhere ("log out
+        # everywhere" on suspension); an offboarded tenant's cache goes with its data.
+        if self.redis is None:
+            return
+        if tenant.status in (TenantStatus.OFFBOARDING, TenantStatus.DELETED):
+            await self.cache.invalidate_tenant(tenant.id)  # replayed later if Redis is down
+        if tenant.status in (TenantStatus.SUSPENDED, TenantStatus.OFFBOARDING):
+            try:
+                await self.sessions.logout_tenant(tenant.id)
+            except RedisUnavailableError:
+                logger.warning(
+                    "could not end the sessions of tenant %s (%s): Redis is unavailable; "
+                    "they stay refused while it is not active",
+                    tenant.slug,
+                    tenant.status.value,
+                )
 
     async def health(self) -> dict[str, Any]:
         """Liveness of each backing service: ``{"postgres": "ok", "redis": "ok"|...}``."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from tenantry.errors import ConfigurationError
@@ -51,9 +53,136 @@ class DatabaseSettings:
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
-    """Redis / Valkey for sessions and hot data; ``None`` url means not configured."""
+    """Redis / Valkey for hot data, sessions and rate limits; ``None`` url means not configured.
+
+    ``url`` names one node (``redis://`` / ``rediss://``) or a Redis Cluster: the
+    ``redis+cluster://`` scheme, or a comma-separated seed list (``redis://h1:7101,h2:7102``).
+    ``socket_timeout`` bounds every command, so an unresponsive server degrades requests
+    instead of stalling them. After a failure the client is considered down for
+    ``retry_interval`` seconds (no request waits on it), and the "unavailable" warning is
+    logged at most once per ``warn_interval``.
+    """
 
     url: str | None = None
+    max_connections: int = 64
+    socket_timeout: float = 0.5
+    connect_timeout: float = 0.5
+    key_prefix: str = ""
+    retry_interval: float = 1.0
+    warn_interval: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """Tenant-scoped cache-aside: the default entry TTL and how long one recompute may hold
+    a key's stampede lock before another caller takes over (seconds)."""
+
+    default_ttl: float = 300.0
+    lock_ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Server-side sessions: the cookie holds an opaque id; the data lives in Redis.
+
+    A session ends ``idle_ttl`` seconds after its last use, and ``absolute_ttl`` seconds
+    after it was created whatever its use.
+    """
+
+    cookie_name: str = "tenantry_session"
+    idle_ttl: float = 1800.0
+    absolute_ttl: float = 43_200.0
+    cookie_secure: bool = True
+    cookie_samesite: Literal["lax", "strict", "none"] = "lax"
+
+
+@dataclass(frozen=True, slots=True)
+class TierLimits:
+    """A tenant's request limits.
+
+    ``rate`` requests per second sustained with bursts of up to ``burst`` (GCRA), at most
+    ``concurrency`` requests in flight (0: no cap) and ``quota`` requests per
+    ``quota_window`` seconds, windows aligned to the epoch (86400: UTC days; 0: no quota).
+    """
+
+    rate: float
+    burst: int
+    concurrency: int = 0
+    quota: int = 0
+    quota_window: int = 86_400
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0 or self.burst < 1:
+            raise ConfigurationError("a rate limit needs rate > 0 and burst >= 1")
+        if self.concurrency < 0 or self.quota < 0 or self.quota_window < 1:
+            raise ConfigurationError("concurrency and quota must be >= 0, quota_window >= 1")
+
+    def merged(self, overrides: Mapping[str, object]) -> TierLimits:
+        """A copy with some fields replaced (from a tenant's catalog attributes, say)."""
+        unknown = set(overrides) - set(_LIMIT_FIELDS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown rate-limit field(s) {sorted(unknown)}; use {list(_LIMIT_FIELDS)}"
+            )
+        values: dict[str, float | int] = {}
+        for name, value in overrides.items():
+            kind = _LIMIT_FIELDS[name]
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ConfigurationError(f"rate-limit field {name!r} must be a number")
+            try:
+                number = float(value)
+            except ValueError:
+                raise ConfigurationError(f"rate-limit field {name!r} must be a number") from None
+            if kind is int and not number.is_integer():
+                raise ConfigurationError(f"rate-limit field {name!r} must be a whole number")
+            values[name] = int(number) if kind is int else number
+        return replace(self, **values)  # type: ignore[arg-type]
+
+    @classmethod
+    def parse(cls, text: str, base: TierLimits) -> TierLimits:
+        """``"rate=10,burst=20,concurrency=5,quota=100000"`` over ``base``."""
+        pairs: dict[str, object] = {}
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise ConfigurationError(f"expected name=value in rate limit {text!r}")
+            pairs[name.strip().lower()] = value.strip()
+        return base.merged(pairs)
+
+
+_LIMIT_FIELDS: dict[str, type] = {
+    "rate": float,
+    "burst": int,
+    "concurrency": int,
+    "quota": int,
+    "quota_window": int,
+}
+DEFAULT_TIER_LIMITS: Mapping[str, TierLimits] = MappingProxyType(
+    {
+        "free": TierLimits(rate=10, burst=20, concurrency=10, quota=100_000),
+        "pro": TierLimits(rate=100, burst=200, concurrency=50),
+        "enterprise": TierLimits(rate=1000, burst=2000, concurrency=200),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """Per-tenant rate limits, quotas and concurrency caps (active when Redis is configured).
+
+    ``tiers`` holds the defaults by tier; a tenant's catalog attribute ``rate_limit`` (an
+    object with some of ``TierLimits``' fields) overrides them. ``fail_open``: when Redis
+    is unreachable, requests are let through (the default) rather than refused with 503.
+    An in-flight slot not released within ``concurrency_lease`` seconds (a crashed worker)
+    is reclaimed.
+    """
+
+    enabled: bool = True
+    fail_open: bool = True
+    tiers: Mapping[str, TierLimits] = field(default_factory=lambda: DEFAULT_TIER_LIMITS)
+    concurrency_lease: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +229,32 @@ class ProvisioningSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FlagSettings:
+    """Feature flags.
+
+    Each process keeps every flag in memory and listens for changes
+    (``LISTEN tenantry_flags``). ``reconnect_seconds``: pause between attempts while the
+    database is unreachable (the last snapshot keeps serving). ``resync_seconds``: a full
+    reload after this long without notifications, as a safety net.
+    """
+
+    reconnect_seconds: float = 1.0
+    resync_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """All of tenantry's settings."""
 
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     resolution: ResolutionSettings = field(default_factory=ResolutionSettings)
     provisioning: ProvisioningSettings = field(default_factory=ProvisioningSettings)
+    flags: FlagSettings = field(default_factory=FlagSettings)
 
     def with_database_url(self, url: str) -> Settings:
         """A copy pointing at another control database."""
@@ -132,7 +279,26 @@ class Settings:
                 pool_min=_int(env, "TENANTRY_DB_POOL_MIN", 1),
                 pool_max=_int(env, "TENANTRY_DB_POOL_MAX", 10),
             ),
-            redis=RedisSettings(url=env.get("REDIS_URL") or None),
+            redis=RedisSettings(
+                url=env.get("REDIS_URL") or None,
+                max_connections=_int(env, "TENANTRY_REDIS_MAX_CONNECTIONS", 64),
+                socket_timeout=_float(env, "TENANTRY_REDIS_TIMEOUT", 0.5),
+                connect_timeout=_float(env, "TENANTRY_REDIS_TIMEOUT", 0.5),
+                key_prefix=env.get("TENANTRY_REDIS_KEY_PREFIX", ""),
+                retry_interval=_float(env, "TENANTRY_REDIS_RETRY_INTERVAL", 1.0),
+                warn_interval=_float(env, "TENANTRY_REDIS_WARN_INTERVAL", 30.0),
+            ),
+            cache=CacheSettings(
+                default_ttl=_float(env, "TENANTRY_CACHE_TTL", 300.0),
+                lock_ttl=_float(env, "TENANTRY_CACHE_LOCK_TTL", 5.0),
+            ),
+            sessions=SessionSettings(
+                cookie_name=env.get("TENANTRY_SESSION_COOKIE") or "tenantry_session",
+                idle_ttl=_int(env, "TENANTRY_SESSION_IDLE_TTL", 1800),
+                absolute_ttl=_int(env, "TENANTRY_SESSION_ABSOLUTE_TTL", 43_200),
+                cookie_secure=_bool(env, "TENANTRY_SESSION_COOKIE_SECURE", True),
+            ),
+            rate_limit=_rate_limit_settings(env),
             auth=AuthSettings(
                 jwt_secret=env.get("TENANTRY_JWT_SECRET") or None,
                 required=_bool(env, "TENANTRY_AUTH_REQUIRED", False),
@@ -147,6 +313,39 @@ class Settings:
                 spare_schemas=_int(env, "TENANTRY_SPARE_SCHEMAS", 0),
             ),
         )
+
+
+def _rate_limit_settings(env: Mapping[str, str]) -> RateLimitSettings:
+    fail = env.get("TENANTRY_RATE_LIMIT_FAIL", "open").strip().lower()
+    if fail not in {"open", "closed"}:
+        raise ConfigurationError(f"TENANTRY_RATE_LIMIT_FAIL must be open or closed, got {fail!r}")
+    tiers = dict(DEFAULT_TIER_LIMITS)
+    for tier, base in DEFAULT_TIER_LIMITS.items():
+        name = f"TENANTRY_RATE_LIMIT_{tier.upper()}"
+        if env.get(name):
+            try:
+                tiers[tier] = TierLimits.parse(env[name], base)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{name}: {exc}") from None
+    return RateLimitSettings(
+        enabled=_bool(env, "TENANTRY_RATE_LIMIT", True),
+        fail_open=fail == "open",
+        tiers=MappingProxyType(tiers),
+        concurrency_lease=_float(env, "TENANTRY_RATE_LIMIT_LEASE", 60.0),
+    )
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= 0:
+        raise ConfigurationError(f"{name} must not be negative, got {raw!r}")
+    return value
 
 
 def _csv(value: str | None) -> tuple[str, ...]:

@@ -2,6 +2,11 @@
 
 SQL is unqualified: ``search_path`` points at the tenant's schema and row-level
 security admits only the tenant's rows, so nothing here mentions a tenant at all.
+
+Department reads are cached per tenant (``tenantry.web.TenantCacheDep``): a hit costs no
+database connection. Every write that changes what they show (a department, or an
+employee, who counts in a headcount) invalidates the tenant's ``departments`` namespace
+*after* its transaction commits, so a concurrent read cannot re-cache the old rows.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from fastapi import APIRouter, Query, Response
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
+from hr_example.flags import APPROVAL_WORKFLOW_V2, SICK_LEAVE_AUTO_APPROVE_DAYS
 from hr_example.models import (
     Department,
     DepartmentIn,
@@ -22,7 +28,13 @@ from hr_example.models import (
     LeaveRequestIn,
     Page,
 )
-from tenantry.web import HTTPProblem, TenantConnection
+from tenantry.web import (
+    CurrentFlags,
+    HTTPProblem,
+    PlatformDep,
+    TenantCacheDep,
+    TenantConnection,
+)
 
 router = APIRouter(prefix="/api", tags=["hr"])
 
@@ -52,6 +64,8 @@ async def _page(
 
 
 # -- departments ------------------------------------------------------------------------
+DEPARTMENTS_CACHE = "departments"
+DEPARTMENTS_TTL = 60.0
 _DEPARTMENT = (
     "SELECT d.id, d.name, d.created_at, "
     "(SELECT count(*) FROM employees e WHERE e.department_id = d.id) AS headcount "
@@ -61,23 +75,36 @@ _DEPARTMENT = (
 
 @router.get("/departments")
 async def list_departments(
-    conn: TenantConnection, limit: Limit = 50, after: After = 0
+    platform: PlatformDep, cache: TenantCacheDep, limit: Limit = 50, after: After = 0
 ) -> Page[Department]:
-    """Departments with their headcount, by id."""
-    rows, nxt = await _page(
-        conn,
-        f"{_DEPARTMENT} WHERE d.id > %s ORDER BY d.id LIMIT %s",
-        (after,),
-        limit,
+    """Departments with their headcount, by id (cached)."""
+
+    async def load() -> Page[Department]:
+        async with platform.db.tenant_transaction(readonly=True) as conn:
+            rows, nxt = await _page(
+                conn,
+                f"{_DEPARTMENT} WHERE d.id > %s ORDER BY d.id LIMIT %s",
+                (after,),
+                limit,
+            )
+        return Page[Department](items=[Department(**row) for row in rows], next=nxt)
+
+    cached = await cache.get_or_load(
+        DEPARTMENTS_CACHE, f"list:{after}:{limit}", load, ttl=DEPARTMENTS_TTL
     )
-    return Page[Department](items=[Department(**row) for row in rows], next=nxt)
+    return Page[Department].model_validate(cached)
 
 
 @router.post("/departments", status_code=201)
-async def create_department(body: DepartmentIn, conn: TenantConnection) -> Department:
+async def create_department(
+    body: DepartmentIn, platform: PlatformDep, cache: TenantCacheDep
+) -> Department:
     """Create a department (names are unique within a tenant)."""
     try:
-        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            platform.db.tenant_transaction() as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(
                 "INSERT INTO departments (name) VALUES (%s) RETURNING id, name, created_at",
                 (body.name,),
@@ -86,18 +113,29 @@ async def create_department(body: DepartmentIn, conn: TenantConnection) -> Depar
     except pg_errors.UniqueViolation:
         raise HTTPProblem(409, "conflict", f"a department named {body.name!r} exists") from None
     assert row is not None
+    await cache.invalidate_namespace(DEPARTMENTS_CACHE)
     return Department(**row)
 
 
 @router.get("/departments/{department_id}")
-async def get_department(department_id: int, conn: TenantConnection) -> Department:
-    """One department with its headcount."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(f"{_DEPARTMENT} WHERE d.id = %s", (department_id,))
-        row = await cur.fetchone()
-    if row is None:
+async def get_department(
+    department_id: int, platform: PlatformDep, cache: TenantCacheDep
+) -> Department:
+    """One department with its headcount (cached, misses included)."""
+
+    async def load() -> Department | None:
+        async with (
+            platform.db.tenant_transaction(readonly=True) as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            await cur.execute(f"{_DEPARTMENT} WHERE d.id = %s", (department_id,))
+            row = await cur.fetchone()
+        return None if row is None else Department(**row)
+
+    cached = await cache.get_or_load(DEPARTMENTS_CACHE, department_id, load, ttl=DEPARTMENTS_TTL)
+    if cached is None:
         raise _not_found("department", department_id)
-    return Department(**row)
+    return Department.model_validate(cached)
 
 
 # -- employees --------------------------------------------------------------------------
@@ -128,23 +166,32 @@ async def list_employees(
 
 
 async def _write_employee(
-    conn: TenantConnection, query: str, params: tuple[Any, ...]
+    platform: PlatformDep, cache: TenantCacheDep, query: str, params: tuple[Any, ...]
 ) -> dict[str, Any] | None:
     try:
-        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            platform.db.tenant_transaction() as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(query, params)
-            return await cur.fetchone()
+            row = await cur.fetchone()
     except pg_errors.ForeignKeyViolation:
         raise _unprocessable("department_id", "no such department") from None
     except pg_errors.UniqueViolation:
         raise HTTPProblem(409, "conflict", "an employee with this email exists") from None
+    if row is not None:  # committed: headcounts changed
+        await cache.invalidate_namespace(DEPARTMENTS_CACHE)
+    return row
 
 
 @router.post("/employees", status_code=201)
-async def create_employee(body: EmployeeIn, conn: TenantConnection) -> Employee:
+async def create_employee(
+    body: EmployeeIn, platform: PlatformDep, cache: TenantCacheDep
+) -> Employee:
     """Hire someone into a department."""
     row = await _write_employee(
-        conn,
+        platform,
+        cache,
         "INSERT INTO employees (first_name, last_name, email, title, department_id, hired_on) "
         f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_EMPLOYEE}",
         (
@@ -173,19 +220,21 @@ async def get_employee(employee_id: int, conn: TenantConnection) -> Employee:
 
 @router.patch("/employees/{employee_id}")
 async def update_employee(
-    employee_id: int, body: EmployeePatch, conn: TenantConnection
+    employee_id: int, body: EmployeePatch, platform: PlatformDep, cache: TenantCacheDep
 ) -> Employee:
     """Change some of an employee's fields."""
     changes = body.model_dump(exclude_unset=True)
     if any(value is None for value in changes.values()):
         raise _unprocessable(next(k for k, v in changes.items() if v is None), "may not be null")
     if not changes:
-        return await get_employee(employee_id, conn)
+        async with platform.db.tenant_transaction(readonly=True) as conn:
+            return await get_employee(employee_id, conn)
     # Column names come from the model's own field names, never from the request.
     assignments = ", ".join(f"{column} = %s" for column in changes)
     values = tuple(str(v) if column == "email" else v for column, v in changes.items())
     row = await _write_employee(
-        conn,
+        platform,
+        cache,
         f"UPDATE employees SET {assignments}, updated_at = now() WHERE id = %s "
         f"RETURNING {_EMPLOYEE}",
         (*values, employee_id),
@@ -196,11 +245,15 @@ async def update_employee(
 
 
 @router.delete("/employees/{employee_id}", status_code=204)
-async def delete_employee(employee_id: int, conn: TenantConnection) -> Response:
+async def delete_employee(
+    employee_id: int, platform: PlatformDep, cache: TenantCacheDep
+) -> Response:
     """Remove an employee (and their leave requests)."""
-    cur = await conn.execute("DELETE FROM employees WHERE id = %s", (employee_id,))
+    async with platform.db.tenant_transaction() as conn:
+        cur = await conn.execute("DELETE FROM employees WHERE id = %s", (employee_id,))
     if cur.rowcount == 0:
         raise _not_found("employee", employee_id)
+    await cache.invalidate_namespace(DEPARTMENTS_CACHE)
     return Response(status_code=204)
 
 
@@ -222,15 +275,36 @@ async def list_leave_requests(
     return Page[LeaveRequest](items=[LeaveRequest(**row) for row in rows], next=nxt)
 
 
+def _workflow(flags: CurrentFlags, response: Response) -> bool:
+    """Whether the tenant is on approval workflow v2 (reported in ``x-approval-workflow``)."""
+    v2 = flags.is_enabled(APPROVAL_WORKFLOW_V2)
+    response.headers["x-approval-workflow"] = "v2" if v2 else "v1"
+    return v2
+
+
 @router.post("/leave-requests", status_code=201)
-async def create_leave_request(body: LeaveRequestIn, conn: TenantConnection) -> LeaveRequest:
-    """Ask for leave."""
+async def create_leave_request(
+    body: LeaveRequestIn, conn: TenantConnection, flags: CurrentFlags, response: Response
+) -> LeaveRequest:
+    """Ask for leave. Under approval workflow v2, short sick leave is approved at once."""
+    days = (body.ends_on - body.starts_on).days + 1
+    auto = (
+        _workflow(flags, response) and body.kind == "sick" and days <= SICK_LEAVE_AUTO_APPROVE_DAYS
+    )
     try:
         async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "INSERT INTO leave_requests (employee_id, starts_on, ends_on, kind) "
-                f"VALUES (%s, %s, %s, %s) RETURNING {_LEAVE}",
-                (body.employee_id, body.starts_on, body.ends_on, body.kind),
+                "INSERT INTO leave_requests (employee_id, starts_on, ends_on, kind, status, "
+                "decided_at) VALUES (%s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) "
+                f"RETURNING {_LEAVE}",
+                (
+                    body.employee_id,
+                    body.starts_on,
+                    body.ends_on,
+                    body.kind,
+                    "approved" if auto else "pending",
+                    auto,
+                ),
             )
             row = await cur.fetchone()
     except pg_errors.ForeignKeyViolation:
@@ -240,8 +314,12 @@ async def create_leave_request(body: LeaveRequestIn, conn: TenantConnection) -> 
 
 
 @router.post("/leave-requests/{request_id}/approve")
-async def approve_leave_request(request_id: int, conn: TenantConnection) -> LeaveRequest:
-    """Approve a pending leave request."""
+async def approve_leave_request(
+    request_id: int, conn: TenantConnection, flags: CurrentFlags, response: Response
+) -> LeaveRequest:
+    """Approve a pending leave request. Under approval workflow v2 a request that overlaps
+    leave the employee already has approved is refused (409 ``leave_overlap``)."""
+    v2 = _workflow(flags, response)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_LEAVE} FROM leave_requests WHERE id = %s FOR UPDATE", (request_id,)
@@ -251,6 +329,19 @@ async def approve_leave_request(request_id: int, conn: TenantConnection) -> Leav
             raise _not_found("leave request", request_id)
         if row["status"] != "pending":
             raise HTTPProblem(409, "conflict", f"leave request {request_id} is {row['status']}")
+        if v2:
+            await cur.execute(
+                "SELECT id FROM leave_requests WHERE employee_id = %s AND id <> %s "
+                "AND status = 'approved' AND starts_on <= %s AND ends_on >= %s LIMIT 1",
+                (row["employee_id"], request_id, row["ends_on"], row["starts_on"]),
+            )
+            clash = await cur.fetchone()
+            if clash is not None:
+                raise HTTPProblem(
+                    409,
+                    "leave_overlap",
+                    f"leave request {request_id} overlaps approved leave request {clash['id']}",
+                )
         await cur.execute(
             "UPDATE leave_requests SET status = 'approved', decided_at = now() WHERE id = %s "
             f"RETURNING {_LEAVE}",

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from hr_example.api import router
 from hr_example.schema import HR_SCHEMA
+from hr_example.sessions import router as session_router
 from tenantry import Settings
 from tenantry.web import create_app as create_tenantry_app
 
@@ -13,5 +14,8 @@ from tenantry.web import create_app as create_tenantry_app
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the HR API; settings come from the environment when not given."""
     return create_tenantry_app(
-        settings or Settings.from_env(), HR_SCHEMA, routers=[router], title="tenantry HR example"
+        settings or Settings.from_env(),
+        HR_SCHEMA,
+        routers=[router, session_router],
+        title="tenantry HR example",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
+from hr_example.flags import ensure_flags
 from tenantry import Platform, TenantContext
 
 _DEPARTMENTS = ("Engineering", "Sales", "People")
@@ -16,7 +17,9 @@ _PEOPLE = (
 
 
 async def seed_tenant(platform: Platform, ctx: TenantContext) -> None:
-    """Give a fresh demo tenant departments, employees and a leave request (idempotent)."""
+    """Give a fresh demo tenant departments, employees and a leave request (idempotent),
+    and make sure the HR flags exist."""
+    await ensure_flags(platform, actor="tenantry up")
     async with platform.db.tenant_transaction(ctx) as conn:
         cur = await conn.execute("SELECT count(*) FROM departments")
         row = await cur.fetchone()

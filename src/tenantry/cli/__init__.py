@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from tenantry.cli.flags import flags
+from tenantry.cli.migrate import migrate, migrations
 from tenantry.cli.spares import spares
 from tenantry.cli.tenants import tenants
 from tenantry.cli.token import token
@@ -20,6 +22,9 @@ cli.add_command(up)
 cli.add_command(token)
 cli.add_command(tenants)
 cli.add_command(spares)
+cli.add_command(flags)
+cli.add_command(migrate)
+cli.add_command(migrations)
 
 
 def main() -> None:

@@ -23,11 +23,18 @@ from tenantry.catalog.errors import (
 )
 from tenantry.db import TenantSchema
 from tenantry.errors import ConfigurationError, TenantryError
+from tenantry.flags.errors import (
+    FlagExistsError,
+    FlagNotFoundError,
+    FlagVersionConflictError,
+    InvalidFlagError,
+)
 from tenantry.platform import Platform
 from tenantry.settings import Settings
 
 DEFAULT_DATA_DIR = ".tenantry"
 DEFAULT_SCHEMA = "hr_example.schema:HR_SCHEMA"
+DEFAULT_CONTROL_SCHEMA = "hr_example.schema:HR_CONTROL_PLANE"
 DEFAULT_APP = "hr_example.app:create_app"
 STATE_FILE = "state.json"
 
@@ -77,6 +84,25 @@ def tenant_schema(env: Mapping[str, str]) -> TenantSchema:
     return schema
 
 
+def control_plane_schema(env: Mapping[str, str]) -> TenantSchema:
+    """The product's control-plane chain named by ``$TENANTRY_CONTROL_SCHEMA``.
+
+    Defaults to the HR example's when ``$TENANTRY_SCHEMA`` is unset too (never pairs
+    another product's tenant schema with the example's control plane); empty otherwise.
+    """
+    spec = env.get("TENANTRY_CONTROL_SCHEMA")
+    if spec is None and "TENANTRY_SCHEMA" not in env:
+        spec = DEFAULT_CONTROL_SCHEMA
+    if not spec:
+        return TenantSchema(())
+    schema = load_object(spec, "TENANTRY_CONTROL_SCHEMA")
+    if not isinstance(schema, TenantSchema):
+        raise ConfigurationError(
+            "TENANTRY_CONTROL_SCHEMA must name a tenantry.TenantSchema instance"
+        )
+    return schema
+
+
 @asynccontextmanager
 async def open_platform(folder: Path) -> AsyncIterator[Platform]:
     """A started platform for one command (no catalog listener: commands are short)."""
@@ -103,6 +129,10 @@ def fail(exc: BaseException) -> NoReturn:
         (TenantExistsError, EXIT_EXISTS),
         (TenantNotFoundError, EXIT_NOT_FOUND),
         (TenantStateError, EXIT_STATE),
+        (InvalidFlagError, EXIT_USAGE),
+        (FlagExistsError, EXIT_EXISTS),
+        (FlagNotFoundError, EXIT_NOT_FOUND),
+        (FlagVersionConflictError, EXIT_STATE),
     ]
     code = next((c for kind, c in codes if isinstance(exc, kind)), EXIT_ERROR)
     click.secho(f"error: {exc}", fg="red", err=True)

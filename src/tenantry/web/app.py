@@ -19,7 +19,9 @@ from tenantry.settings import Settings
 from tenantry.web.admin import router as admin_router
 from tenantry.web.auth import TokenService
 from tenantry.web.errors import problem_for, problem_response
+from tenantry.web.flag_admin import router as flag_admin_router
 from tenantry.web.middleware import DEFAULT_EXEMPT, TenantMiddleware
+from tenantry.web.ratelimit import RateLimitMiddleware
 from tenantry.web.resolver import ChainResolver, TenantResolver
 
 logger = logging.getLogger("tenantry.web")
@@ -52,6 +54,9 @@ def create_app(
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.tenantry = platform
     app.state.tenantry_tokens = tokens
+    if platform.rate_limiter is not None:
+        # Added first, so it runs inside TenantMiddleware: it needs the bound tenant.
+        app.add_middleware(RateLimitMiddleware, limiter=platform.rate_limiter)
     app.add_middleware(
         TenantMiddleware,
         resolver=resolver
@@ -69,6 +74,7 @@ def create_app(
         return JSONResponse({"status": "ok" if ok else "degraded", **report}, 200 if ok else 503)
 
     app.include_router(admin_router)
+    app.include_router(flag_admin_router)
     for router in routers:
         app.include_router(router)
     return app
@@ -79,7 +85,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def tenantry_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TenantryError)
         problem = problem_for(exc)
-        if problem.status >= 500:
+        # 503s are outages (Redis down, say) that their capability logs once per interval.
+        if problem.status >= 500 and problem.status != 503:
             logger.error("unhandled tenantry error on %s", request.url.path, exc_info=exc)
         return problem.response()
 

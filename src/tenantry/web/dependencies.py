@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from psycopg import AsyncConnection
 
+from tenantry.cache import TenantCache
 from tenantry.context import TenantContext, current_tenant
 from tenantry.platform import Platform
 from tenantry.web.auth import Principal, TokenService
@@ -19,6 +20,12 @@ def get_platform(request: Request) -> Platform:
     """The :class:`Platform` the app was built with."""
     platform: Platform = request.app.state.tenantry
     return platform
+
+
+def get_cache(request: Request) -> TenantCache:
+    """The platform's tenant-scoped cache (it calls loaders directly when Redis is not
+    configured or unavailable)."""
+    return get_platform(request).cache
 
 
 def get_tenant() -> TenantContext:
@@ -63,3 +70,4 @@ TenantConnection = Annotated[AsyncConnection[Any], Depends(get_tenant_connection
 CurrentPrincipal = Annotated[Principal | None, Depends(get_principal)]
 PlatformAdmin = Annotated[Principal, Depends(require_platform_admin)]
 PlatformDep = Annotated[Platform, Depends(get_platform)]
+TenantCacheDep = Annotated[TenantCache, Depends(get_cache)]

@@ -11,6 +11,11 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from tenantry.cache.errors import (
+    RateLimitUnavailableError,
+    SessionTenantMismatchError,
+    SessionUnavailableError,
+)
 from tenantry.catalog.errors import (
     InvalidTenantIdentifierError,
     TenantExistsError,
@@ -18,6 +23,12 @@ from tenantry.catalog.errors import (
     TenantStateError,
 )
 from tenantry.errors import TenantryError
+from tenantry.flags.errors import (
+    FlagExistsError,
+    FlagNotFoundError,
+    FlagVersionConflictError,
+    InvalidFlagError,
+)
 
 
 class HTTPProblem(TenantryError):
@@ -60,6 +71,13 @@ _STATUS: list[tuple[type[TenantryError], int, str]] = [
     (TenantNotFoundError, 404, "tenant_not_found"),
     (TenantExistsError, 409, "tenant_exists"),
     (TenantStateError, 409, "tenant_state_conflict"),
+    (SessionTenantMismatchError, 403, "session_tenant_mismatch"),
+    (SessionUnavailableError, 503, "session_store_unavailable"),
+    (RateLimitUnavailableError, 503, "rate_limiter_unavailable"),
+    (InvalidFlagError, 422, "invalid_flag"),
+    (FlagNotFoundError, 404, "flag_not_found"),
+    (FlagExistsError, 409, "flag_exists"),
+    (FlagVersionConflictError, 409, "flag_version_conflict"),
 ]
 
 
