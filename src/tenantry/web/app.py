@@ -66,6 +66,9 @@ def create_app(
         exempt=exempt,
     )
     _install_error_handlers(app)
+    # Routes match in order: the product's, which carry the traffic, go first.
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/health", tags=["platform"])
     async def health() -> Response:
@@ -75,8 +78,6 @@ def create_app(
 
     app.include_router(admin_router)
     app.include_router(flag_admin_router)
-    for router in routers:
-        app.include_router(router)
     return app
 
 
