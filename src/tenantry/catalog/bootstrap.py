@@ -17,12 +17,21 @@ async def bootstrap_control_plane(
     ``conn`` is an owner connection in autocommit mode; concurrent callers are serialised by
     an advisory lock so several processes may start at once.
     """
+    await run_bootstrap_script(
+        conn,
+        sql.SQL(CONTROL_PLANE_DDL)  # a constant: no input in it
+        + app_role_ddl(app_role, app_password),
+    )
+
+
+async def run_bootstrap_script(conn: AsyncConnection[Any], body: sql.Composable) -> None:
+    """Run idempotent DDL in one transaction, sent as one message, under the bootstrap
+    advisory lock (so concurrent starts take turns); roll back on any error."""
     script = (
         sql.SQL("BEGIN; SELECT pg_advisory_xact_lock({lock});\n").format(
             lock=sql.Literal(BOOTSTRAP_LOCK)
         )
-        + sql.SQL(CONTROL_PLANE_DDL)  # a constant: no input in it
-        + app_role_ddl(app_role, app_password)
+        + body
         + sql.SQL("\nCOMMIT;")
     )
     try:

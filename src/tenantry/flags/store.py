@@ -16,7 +16,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tenantry.catalog.schema import BOOTSTRAP_LOCK
+from tenantry.catalog.bootstrap import run_bootstrap_script
 from tenantry.flags.compiler import BrokenFlag
 from tenantry.flags.errors import FlagExistsError, InvalidFlagError
 from tenantry.flags.model import Flag, FlagChange
@@ -53,21 +53,13 @@ async def bootstrap_flags(conn: AsyncConnection[Any], *, app_role: str) -> None:
     ``conn`` is an owner connection in autocommit mode, after the control plane's own
     bootstrap (schema ``tenantry`` exists); serialised by the same advisory lock.
     """
-    script = (
-        sql.SQL("BEGIN; SELECT pg_advisory_xact_lock({lock});\n").format(
-            lock=sql.Literal(BOOTSTRAP_LOCK)
-        )
-        + sql.SQL(FLAGS_DDL)  # a constant: no input in it
-        + sql.SQL("GRANT SELECT ON tenantry.flags TO {role};\nCOMMIT;").format(
+    await run_bootstrap_script(
+        conn,
+        sql.SQL(FLAGS_DDL)  # a constant: no input in it
+        + sql.SQL("GRANT SELECT ON tenantry.flags TO {role};").format(
             role=sql.Identifier(app_role)
-        )
+        ),
     )
-    try:
-        await conn.execute(script.as_string(conn).encode())
-    except BaseException:
-        if not conn.closed:
-            await conn.execute("ROLLBACK")
-        raise
 
 
 def _flag(row: dict[str, Any]) -> Flag | BrokenFlag:
