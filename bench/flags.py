@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import random
@@ -49,11 +48,9 @@ from uuid import UUID
 from openfeature import api
 from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
 from UnleashClient import UnleashClient
-from UnleashClient.cache import BaseCache
-from UnleashClient.constants import FEATURES_URL
-from UnleashClient.utils import InstanceAllowType
 
 import _common as common
+from _unleash import offline_unleash
 from tenantry import TenantContext
 from tenantry.context import bind_tenant, unbind_tenant
 from tenantry.flags import Flag, FlagEvaluator, FlagType, Rule
@@ -69,29 +66,6 @@ TARGETED = 8
 NATIVE_GOAL_NS = 2_000.0
 UNLEASH_SPEEDUP_GOAL = 10.0
 OPENFEATURE_RATIO_GOAL = 1.2
-
-
-class _MemoryCache(BaseCache):
-    """Unleash's cache, in memory and bootstrapped: the client never talks to a server."""
-
-    def __init__(self, features: dict[str, Any]) -> None:
-        self._data: dict[str, Any] = {FEATURES_URL: json.dumps(features)}
-        self.bootstrapped = True
-
-    def set(self, key: str, value: Any) -> None:
-        self._data[key] = value
-
-    def mset(self, data: dict[str, Any]) -> None:
-        self._data.update(data)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
-
-    def exists(self, key: str) -> bool:
-        return key in self._data
-
-    def destroy(self) -> None:
-        self._data.clear()
 
 
 def _tenants(count: int) -> list[TenantContext]:
@@ -124,7 +98,7 @@ def _tenantry_flag(targeted: Sequence[TenantContext]) -> Flag:
     )
 
 
-def _unleash_features(targeted: Sequence[TenantContext]) -> dict[str, Any]:
+def _unleash_features(targeted: Sequence[TenantContext]) -> list[dict[str, Any]]:
     strategies = [
         {
             "name": "userWithId",
@@ -140,10 +114,7 @@ def _unleash_features(targeted: Sequence[TenantContext]) -> dict[str, Any]:
             "parameters": {"rollout": "25", "stickiness": "userId", "groupId": KEY},
         },
     ]
-    return {
-        "version": 1,
-        "features": [{"name": KEY, "enabled": True, "strategies": strategies}],
-    }
+    return [{"name": KEY, "enabled": True, "strategies": strategies}]
 
 
 def _pin_to_one_cpu() -> int | None:
@@ -251,14 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     targeted = tenants[: TARGETED * 7 : 7]
     evaluator = FlagEvaluator()
     evaluator.replace([_tenantry_flag(targeted)])
-    unleash = UnleashClient(
-        url="http://127.0.0.1:9",
-        app_name="tenantry-bench",
-        cache=_MemoryCache(_unleash_features(targeted)),
-        disable_metrics=True,
-        disable_registration=True,
-        multiple_instance_mode=InstanceAllowType.SILENTLY_ALLOW,
-    )
+    unleash = offline_unleash(_unleash_features(targeted), "tenantry-bench")
     api.set_provider_and_wait(TenantryProvider(evaluator), "bench-tenantry")
     api.set_provider_and_wait(
         InMemoryProvider({KEY: InMemoryFlag("on", {"on": True, "off": False})}), "bench-in-memory"
