@@ -18,6 +18,7 @@ from psycopg import sql
 from hr_example import create_app
 from tenantry import Platform, Settings
 from tenantry.catalog import Tenant
+from tenantry.devstack.kafka import api_versions_ok as kafka_answers
 
 PG_ADMIN_URL = os.environ.get(
     "TENANTRY_TEST_PG_URL",
@@ -31,6 +32,10 @@ _CLUSTER_PORTS = os.environ.get("TENANTRY_TEST_VALKEY_CLUSTER_PORTS", "7101,7102
 REDIS_CLUSTER_URL = os.environ.get(
     "TENANTRY_TEST_REDIS_CLUSTER_URL",
     "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in _CLUSTER_PORTS.split(",")),
+)
+KAFKA_BOOTSTRAP = os.environ.get(
+    "TENANTRY_TEST_KAFKA_BOOTSTRAP",
+    f"127.0.0.1:{os.environ.get('TENANTRY_TEST_KAFKA_PORT', '19092')}",
 )
 JWT_SECRET = "test-secret-" + "x" * 40
 
@@ -79,6 +84,19 @@ def redis_cluster_url() -> str:
     """Seed-list URL of the test Valkey cluster (three masters)."""
     _require("The Valkey cluster", lambda: _check_cluster(REDIS_CLUSTER_URL))
     return REDIS_CLUSTER_URL
+
+
+def _check_kafka(bootstrap: str) -> None:
+    host, port = bootstrap.split(",")[0].rsplit(":", 1)
+    if not kafka_answers(host, int(port)):
+        raise RuntimeError(f"no Kafka broker answers ApiVersions at {bootstrap}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """Bootstrap servers of the test Kafka broker (single-node KRaft)."""
+    _require("Kafka", lambda: _check_kafka(KAFKA_BOOTSTRAP))
+    return KAFKA_BOOTSTRAP
 
 
 def _fresh_database(admin_url: str, prefix: str) -> tuple[str, str]:

@@ -1,9 +1,10 @@
-"""``python -m tenantry.devstack {start|stop|status} [postgres|valkey|valkey-cluster ...]``.
+"""``python -m tenantry.devstack {start|stop|status} [postgres|valkey|valkey-cluster|kafka ...]``.
 
 The engine behind ``scripts/services``: idempotent start/stop of the real services the
 test suite needs, all data under one folder (``$TENANTRY_SERVICES_DIR``, default
 ``.services``). Ports come from ``$TENANTRY_TEST_PG_PORT`` / ``$TENANTRY_TEST_VALKEY_PORT``
-/ ``$TENANTRY_TEST_VALKEY_CLUSTER_PORTS`` (comma-separated, three or more).
+/ ``$TENANTRY_TEST_VALKEY_CLUSTER_PORTS`` (comma-separated, three or more) /
+``$TENANTRY_TEST_KAFKA_PORT`` (the controller listens on the next port).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import sys
 from pathlib import Path
 
 from tenantry.devstack.errors import ServiceError
+from tenantry.devstack.kafka import KafkaService
 from tenantry.devstack.postgres import PostgresService
 from tenantry.devstack.valkey import ValkeyService
 from tenantry.devstack.valkey_cluster import DEFAULT_PORTS, ValkeyClusterService
 
-USAGE = "usage: scripts/services {start|stop|status} [postgres|valkey|valkey-cluster ...]"
+USAGE = "usage: scripts/services {start|stop|status} [postgres|valkey|valkey-cluster|kafka ...]"
 
 
 def _ports(raw: str | None) -> tuple[int, ...]:
@@ -26,7 +28,9 @@ def _ports(raw: str | None) -> tuple[int, ...]:
     return tuple(int(part) for part in raw.split(",") if part.strip())
 
 
-def services(root: Path) -> dict[str, PostgresService | ValkeyService | ValkeyClusterService]:
+def services(
+    root: Path,
+) -> dict[str, PostgresService | ValkeyService | ValkeyClusterService | KafkaService]:
     """The services this project's tests use, keyed by name."""
     return {
         "postgres": PostgresService(
@@ -38,6 +42,9 @@ def services(root: Path) -> dict[str, PostgresService | ValkeyService | ValkeyCl
         "valkey-cluster": ValkeyClusterService(
             root / "valkey-cluster",
             ports=_ports(os.environ.get("TENANTRY_TEST_VALKEY_CLUSTER_PORTS")),
+        ),
+        "kafka": KafkaService(
+            root / "kafka", port=int(os.environ.get("TENANTRY_TEST_KAFKA_PORT", "19092"))
         ),
     }
 
