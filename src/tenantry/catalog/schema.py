@@ -125,9 +125,18 @@ def app_role_ddl(role: str, password: str | None) -> sql.Composed:
     """Create (or tighten) the application role: it can log in and owns nothing.
 
     It may read the catalog (to resolve tenants) and nothing else in ``tenantry``.
+
+    Roles belong to the whole PostgreSQL cluster, while the bootstrap's advisory lock is
+    per database: processes bootstrapping *different* databases of one cluster (cells, or
+    a test run's databases) may alter the role at the same moment, which PostgreSQL
+    refuses with "tuple concurrently updated". So the role is altered only when it is not
+    already as wanted (or a password is to be set), and that one race is retried.
     """
-    ident = sql.Identifier(role)
-    pw = sql.SQL(" PASSWORD {}").format(sql.Literal(password)) if password else sql.SQL("")
+    pw = (
+        sql.SQL(" || format(' PASSWORD %L', {})").format(sql.Literal(password))
+        if password
+        else sql.SQL("")
+    )
     return sql.SQL(
         """
 DO $tenantry$ BEGIN
@@ -136,8 +145,36 @@ DO $tenantry$ BEGIN
     END IF;
 EXCEPTION WHEN duplicate_object THEN NULL;
 END $tenantry$;
-ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION{pw};
+DO $tenantry$
+DECLARE
+    v_message text;
+BEGIN
+    FOR v_attempt IN 1 .. 10 LOOP
+        BEGIN
+            IF {set_password} OR EXISTS (
+                SELECT FROM pg_roles WHERE rolname = {name} AND (
+                    NOT rolcanlogin OR rolsuper OR rolcreatedb OR rolcreaterole
+                    OR rolbypassrls OR rolreplication))
+            THEN
+                EXECUTE format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE '
+                               'NOBYPASSRLS NOREPLICATION', {name}){pw};
+            END IF;
+            RETURN;
+        EXCEPTION WHEN internal_error THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+            IF v_message <> 'tuple concurrently updated' OR v_attempt = 10 THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.02 * v_attempt);
+        END;
+    END LOOP;
+END $tenantry$;
 GRANT USAGE ON SCHEMA tenantry TO {role};
 GRANT SELECT ON tenantry.tenants, tenantry.domains TO {role};
 """
-    ).format(name=sql.Literal(role), role=ident, pw=pw)
+    ).format(
+        name=sql.Literal(role),
+        role=sql.Identifier(role),
+        pw=pw,
+        set_password=sql.SQL("true" if password else "false"),
+    )
