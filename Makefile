@@ -41,8 +41,11 @@ bench: venv
 	$(BIN)/python bench/provision.py
 	$(BIN)/python bench/flags.py
 	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/observability.py
 	scripts/services start valkey valkey-cluster
 	$(BIN)/python bench/cache.py
+	scripts/services start kafka
+	$(BIN)/python bench/events.py
 
 services: venv
 	scripts/services start

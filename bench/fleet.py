@@ -17,7 +17,18 @@ same N tenants created with ``Client(...).save()`` (its auto_create_schema), the
 additive change, against its own throw-away database on the same server. Ratios are
 django-tenants / tenantry.
 
+Creation is measured two ways on the tenantry side. **Cold**: the schema built from
+scratch at every create (the N tenants above; first and last 100 compared, to show the
+cost stays flat as the fleet grows). **Warm pool**: after the migrations, on the grown
+fleet (N tenants, head schema), ``--warm-signups`` spares are built first (their build
+time is reported: that is the background refill's work), then as many tenants sign up
+one after another from that **pre-stocked** pool, no refill running meanwhile. Sign-ups
+with durable claims (the default) and with ``synchronous_claims`` off alternate one by
+one, and so does a one-row ``INSERT`` + commit on the same server: the commit's WAL flush
+is the floor a durable sign-up cannot go under, measured under the same load.
+
     .venv/bin/python bench/fleet.py [--tenants 1000] [--no-django] [--concurrency N]
+        [--warm-signups 200]
 """
 
 from __future__ import annotations
@@ -62,6 +73,12 @@ def parse_args(argv: Sequence[str] | None) -> Any:
         type=int,
         default=None,
         help="fleet size on the django-tenants side (default: --tenants)",
+    )
+    parser.add_argument(
+        "--warm-signups",
+        type=int,
+        default=200,
+        help="sign-ups from a pre-stocked warm pool, per variant (0: skip)",
     )
     parser.add_argument("--progress-every", type=int, default=500)
     args = parser.parse_args(argv)
@@ -149,6 +166,77 @@ async def tenantry_side(args: Any, url: str) -> dict[str, Any]:
         assert again.planned == 0
     finally:
         await platform.stop()
+    if args.warm_signups:
+        out["warm"] = await warm_pool(args, url, head)
+    return out
+
+
+async def warm_pool(args: Any, url: str, head: TenantSchema) -> dict[str, Any]:
+    """Pre-stock spares on the grown fleet, then time sign-ups from them: durable and
+    asynchronous-commit claims alternating, with a one-row commit as the floor."""
+    n = args.warm_signups
+    durable = Platform(
+        Settings.from_env({"DATABASE_URL": url, "TENANTRY_SPARE_SCHEMAS": str(2 * n)}), head
+    )
+    relaxed = Platform(
+        Settings.from_env(
+            {
+                "DATABASE_URL": url,
+                "TENANTRY_SPARE_SCHEMAS": str(2 * n),
+                "TENANTRY_SPARE_SYNCHRONOUS_CLAIMS": "off",
+            }
+        ),
+        head,
+    )
+    out: dict[str, Any] = {"signups": n, "pool": "pre-stocked (no refill while timed)"}
+    # listen=False: no background refill, so the timed sign-ups are claims and nothing else.
+    await durable.start(listen=False)
+    await relaxed.start(listen=False)
+    try:
+        assert durable.spares is not None
+        build_ms: list[float] = []
+        mark = [time.perf_counter()]
+
+        def built(done: int, total: int) -> None:
+            now = time.perf_counter()
+            build_ms.append((now - mark[0]) * 1000)
+            mark[0] = now
+            if done % args.progress_every == 0:
+                common.note(f"warm pool: built {done}/{total} spares")
+
+        mark[0] = time.perf_counter()
+        await durable.spares.fill(on_built=built)
+        out["spare_build_ms"] = build_ms
+        common.note(f"warm pool: {len(build_ms)} spares in stock; signing up {n} + {n}")
+        pool = durable.db.cell().owner_pool
+        async with pool.connection() as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS public.bench_commit_probe (x int)")
+        series: dict[str, list[float]] = {"durable": [], "relaxed": [], "commit": []}
+        for i in range(n):
+            for kind in common.rotated(list(series), i):
+                t0 = time.perf_counter()
+                if kind == "commit":
+                    async with pool.connection() as conn:
+                        await conn.execute(
+                            "INSERT INTO public.bench_commit_probe VALUES (1)", prepare=True
+                        )
+                else:
+                    platform = durable if kind == "durable" else relaxed
+                    await platform.tenants.create(f"w{kind[0]}{i:06d}")
+                series[kind].append(common.ms_since(t0))
+        out |= {f"{kind}_ms": ms for kind, ms in series.items()}
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM tenantry.lifecycle_log WHERE action = 'create' "
+                "AND detail->>'schema_source' = 'spare'"
+            )
+            row = await cur.fetchone()
+            await conn.execute("DROP TABLE public.bench_commit_probe")
+        if not row or row[0] != 2 * n:
+            raise SystemExit(f"expected {2 * n} sign-ups from spares, the log says {row}")
+    finally:
+        await relaxed.stop()
+        await durable.stop()
     return out
 
 
@@ -197,6 +285,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         ],
         ["tenantry: no-op after additive (s)", mine["noop_after_s"], "", ""],
     ]
+    warm = mine.get("warm")
+    if warm:
+        durable = common.summarize(warm["durable_ms"])
+        relaxed = common.summarize(warm["relaxed_ms"])
+        floor = common.summarize(warm["commit_ms"])
+        spare = common.summarize(warm["spare_build_ms"])
+        rows += [
+            [
+                f"tenantry: warm-pool sign-up, durable median ms ({warm['signups']}, pre-stocked)",
+                durable["p50"],
+                "p95",
+                durable["p95"],
+            ],
+            [
+                "tenantry: warm-pool sign-up, synchronous_claims off, median ms",
+                relaxed["p50"],
+                "p95",
+                relaxed["p95"],
+            ],
+            ["  floor: one-row INSERT + commit, median ms", floor["p50"], "p95", floor["p95"]],
+            ["  background: build one spare, median ms", spare["p50"], "", ""],
+            [
+                "  cold median / warm durable median",
+                common.ratio(summary["p50"], durable["p50"]),
+                "",
+                "",
+            ],
+        ]
     if theirs is not None:
         dn = theirs["tenants"]
         dcreate = theirs["create_ms"]
@@ -207,9 +323,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             [
                 "django-tenants: provision median ms/tenant",
                 common.percentile(dcreate, 50),
-                "vs tenantry",
+                "vs tenantry cold",
                 common.ratio(common.percentile(dcreate, 50), summary["p50"]),
             ],
+            *(
+                [
+                    [
+                        "django-tenants: provision median ms/tenant",
+                        common.percentile(dcreate, 50),
+                        f"vs tenantry warm, {label}",
+                        common.ratio(
+                            common.percentile(dcreate, 50), common.percentile(warm[key], 50)
+                        ),
+                    ]
+                    for key, label in (("durable_ms", "durable"), ("relaxed_ms", "sync off"))
+                ]
+                if warm
+                else []
+            ),
             [
                 f"django-tenants: first {dwindow} median ms",
                 common.percentile(dcreate[:dwindow], 50),
@@ -240,6 +371,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"\ntenantry provisioning: median of the first {window} {first:.2f} ms, of the last "
         f"{window} {last:.2f} ms (last/first {common.ratio(last, first):.3f})"
     )
+    if warm:
+        print(
+            f"tenantry warm-pool sign-up ({warm['signups']} per variant, pool pre-stocked, "
+            f"fleet of {n:,}): median {common.percentile(warm['durable_ms'], 50):.3f} ms durable "
+            f"(p95 {common.percentile(warm['durable_ms'], 95):.3f}), "
+            f"{common.percentile(warm['relaxed_ms'], 50):.3f} ms with synchronous_claims off; "
+            f"a bare one-row commit: {common.percentile(warm['commit_ms'], 50):.3f} ms"
+        )
     print(
         f"tenantry additive migrate: {n / mine['additive_s']:.0f} tenants/s; "
         f"no-op migrate {mine['noop_s'] * 1000:.1f} ms for {n:,} tenants"
@@ -247,9 +386,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if theirs is not None:
         dn = theirs["tenants"]
         note = "" if dn == n else f" (django-tenants scaled linearly from {dn:,} tenants)"
+        dmedian = common.percentile(theirs["create_ms"], 50)
+        if warm:
+            print(
+                f"django-tenants / tenantry tenant creation: cold {dmedian / summary['p50']:.1f}x, "
+                f"warm pool {dmedian / common.percentile(warm['durable_ms'], 50):.0f}x (durable), "
+                f"{dmedian / common.percentile(warm['relaxed_ms'], 50):.0f}x "
+                "(synchronous_claims off)"
+            )
         print(
             "django-tenants / tenantry: provision median "
-            f"{common.ratio(common.percentile(theirs['create_ms'], 50), summary['p50']):.1f}x, "
+            f"{common.ratio(dmedian, summary['p50']):.1f}x, "
             f"no-op migrate {common.ratio(theirs['noop_s'] * n / dn, mine['noop_s']):.0f}x, "
             "additive migrate "
             f"{common.ratio(theirs['additive_s'] * n / dn, mine['additive_s']):.1f}x" + note

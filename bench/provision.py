@@ -171,7 +171,7 @@ async def run(args: Any, url: str) -> dict[str, Any]:
 
 async def run_spares(args: Any, url: str, schema: TenantSchema) -> tuple[list[float], list[float]]:
     """On the grown fleet: build ``--spares`` spare schemas (the background work), then sign
-    up as many tenants, each of which renames a spare inside its creation transaction."""
+    up as many tenants, each of which claims a spare (one DML statement, no DDL)."""
     settings = Settings.from_env({"DATABASE_URL": url, "TENANTRY_SPARE_SCHEMAS": str(args.spares)})
     platform = Platform(settings, schema)
     await platform.start(listen=False)  # no background refill: the phases stay separate

@@ -50,6 +50,7 @@ class Backend:
     client: RedisClient
     guard: RedisGuard = field(default_factory=RedisGuard)
     keys: KeyBuilder = field(default_factory=lambda: KeyBuilder(f"test-{secrets.token_hex(4)}:"))
+    limiters: list[RateLimiter] = field(default_factory=list)  # closed at the end
 
     def cache(self, **settings: Any) -> TenantCache:
         return TenantCache(
@@ -63,12 +64,12 @@ class Backend:
 
     def limiter(self, limits: TierLimits, **settings: Any) -> RateLimiter:
         tiers = MappingProxyType({"free": limits, "pro": limits, "enterprise": limits})
-        return RateLimiter(
-            self.client,
-            guard=self.guard,
-            keys=self.keys,
-            settings=RateLimitSettings(tiers=tiers, **settings),
-        )
+        return self.tiered_limiter(RateLimitSettings(tiers=tiers, **settings))
+
+    def tiered_limiter(self, settings: RateLimitSettings) -> RateLimiter:
+        limiter = RateLimiter(self.client, guard=self.guard, keys=self.keys, settings=settings)
+        self.limiters.append(limiter)  # it holds connections of its own
+        return limiter
 
 
 def tenant(tier: str = "free", **attributes: Any) -> TenantContext:
@@ -88,6 +89,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     try:
         yield subject
     finally:
+        for limiter in subject.limiters:
+            await limiter.close()
         stale = [key async for key in client.scan_iter(match=f"{subject.keys.prefix}*")]
         for key in stale:
             await client.delete(key)
@@ -441,6 +444,10 @@ async def test_a_burst_is_admitted_then_refused_with_retry_after(backend: Backen
     decisions = [await limiter.acquire(who) for _ in range(6)]
     assert [d.allowed for d in decisions] == [True] * 5 + [False]
     assert [d.remaining for d in decisions[:5]] == [4, 3, 2, 1, 0]
+    for admitted in decisions[:5]:  # the middleware's ASGI form says the same
+        assert admitted.raw_headers() == [
+            (name.lower().encode(), value.encode()) for name, value in admitted.headers()
+        ]
     refused = decisions[5]
     assert refused.reason == "rate"
     assert 0 < refused.retry_after <= 0.5
@@ -453,26 +460,41 @@ async def test_a_burst_is_admitted_then_refused_with_retry_after(backend: Backen
     assert (await limiter.acquire(who)).allowed
 
 
+async def server_view(backend: Backend, address: str) -> dict[str, str]:
+    """The server's ``CLIENT LIST`` entry for the connection whose local end is
+    ``address`` (asked on whichever node that connection talks to)."""
+    client: Any = backend.client
+    nodes = client.get_nodes() if is_cluster(client) else [None]
+    for node in nodes:
+        if node is None:
+            listing = await client.execute_command("CLIENT", "LIST")
+        else:
+            listing = await client.execute_command("CLIENT", "LIST", target_nodes=node)
+        text = listing.decode() if isinstance(listing, bytes) else str(listing)
+        for line in text.splitlines():
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            if fields.get("addr") == address:
+                return fields
+    raise AssertionError(f"no server knows a client at {address}")
+
+
 async def test_one_check_is_one_round_trip(backend: Backend) -> None:
-    """A rate-limit check sends exactly one command (an EVALSHA) to Redis."""
+    """A rate-limit check is one command (an EVALSHA) in one write: the limiter counts one
+    command and one write, the server received exactly those bytes on the limiter's
+    connection, and names EVALSHA as its last command."""
     limiter = backend.limiter(TierLimits(rate=100, burst=100, concurrency=5, quota=1000))
     who = tenant()
-    await limiter.acquire(who)  # the script is loaded on first use
-    sent: list[Any] = []
-    client: Any = backend.client
-    original = client.execute_command
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        sent.append(args[0])
-        return await original(*args, **kwargs)
-
-    client.execute_command = counting
-    try:
-        decision = await limiter.acquire(who)
-    finally:
-        del client.execute_command
+    await limiter.acquire(who)  # connects; the script is loaded on first use
+    [conn] = limiter.pipeline.connections  # the node that owns the tenant's slot
+    stats = limiter.pipeline.stats
+    before = await server_view(backend, conn.local_address)
+    writes, commands, sent = stats.batches, stats.commands, stats.bytes
+    decision = await limiter.acquire(who)
+    after = await server_view(backend, conn.local_address)
     assert decision.allowed
-    assert sent == ["EVALSHA"]
+    assert (stats.batches - writes, stats.commands - commands) == (1, 1)
+    assert int(after["tot-net-in"]) - int(before["tot-net-in"]) == stats.bytes - sent > 0
+    assert after["cmd"] == "evalsha"
 
 
 async def test_concurrent_checks_share_round_trips_and_stay_exact(backend: Backend) -> None:
@@ -568,12 +590,7 @@ async def test_limits_follow_the_tier(backend: Backend) -> None:
     tiers = MappingProxyType(
         {"free": TierLimits(rate=1, burst=1), "enterprise": TierLimits(rate=1, burst=4)}
     )
-    limiter = RateLimiter(
-        backend.client,
-        guard=backend.guard,
-        keys=backend.keys,
-        settings=RateLimitSettings(tiers=tiers),
-    )
+    limiter = backend.tiered_limiter(RateLimitSettings(tiers=tiers))
     free, enterprise = tenant("free"), tenant("enterprise")
     assert [(await limiter.acquire(free)).allowed for _ in range(2)] == [True, False]
     assert [(await limiter.acquire(enterprise)).allowed for _ in range(5)] == [True] * 4 + [False]

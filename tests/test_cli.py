@@ -170,7 +170,13 @@ def test_export_writes_a_verifiable_archive(run: Run, fresh: str, tmp_path: Path
     assert archive.parent == tmp_path
     manifest = verify_export(archive)
     assert report["rows"] == sum(t["rows"] for t in manifest["tables"]) == 0
-    assert set(report["tables"]) == {"departments", "employees", "leave_requests"}
+    assert set(report["tables"]) == {
+        "departments",
+        "employees",
+        "leave_requests",
+        "department_headcounts",
+        "activity",
+    }
 
 
 def test_offboard_leaves_a_tombstone_and_bad_states_exit_5(

@@ -215,7 +215,7 @@ async def test_dry_run_prints_the_sql_and_changes_nothing(
         await platform.stop()
     text = report.dry_run_sql or ""
     assert "CREATE TABLE hr_shared.public_holidays" in text
-    assert "3 tenant(s) at 0001 -> 0004" in text
+    assert f"3 tenant(s) at {BASE.head} -> {HEAD.head}" in text
     assert "ALTER TABLE employees ADD COLUMN badge_code" in text
     assert "tenantry.advance_schema_version(" in text
     assert "CREATE INDEX CONCURRENTLY leave_requests_status_idx" in text

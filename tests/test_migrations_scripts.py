@@ -118,7 +118,7 @@ def test_migrations_new_scaffolds_the_next_linked_revision(tmp_path: Path) -> No
 
 def test_hr_example_is_a_migration_chain() -> None:
     """The HR example's schemas come from its migration folders."""
-    assert HR_SCHEMA.head == "0001"
+    assert HR_SCHEMA.head == "0002"
     assert HR_SCHEMA.source is not None
     assert "CREATE TABLE employees" in HR_SCHEMA.steps[0].sql
     assert HR_CONTROL_PLANE.head == "0001"

@@ -42,8 +42,12 @@ from tenantry.settings import RedisSettings
 
 MakeTenant = Callable[..., Awaitable[Tenant]]
 FreshPlatform = Callable[..., Awaitable[Platform]]
-HR_TABLES = {"departments", "employees", "leave_requests"}
-NOTES_STEP = SchemaStep("0002", "CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL);")
+HR_TABLES = {"departments", "employees", "leave_requests", "department_headcounts", "activity"}
+# The step after the HR example's head (its chain grows).
+NOTES_VERSION = f"{int(HR_SCHEMA.head or '0') + 1:04d}"
+NOTES_STEP = SchemaStep(
+    NOTES_VERSION, "CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL);"
+)
 # Sleeps only in a real tenant's schema (t_...), not in the compile dry-run at start().
 SLEEP_SQL = r"SELECT pg_sleep(CASE WHEN current_schema() LIKE 't\_%' THEN {seconds} ELSE 0 END);"
 
@@ -422,7 +426,7 @@ from tenantry import Platform, SchemaStep, Settings, TenantSchema
 
 async def main(url, slug):
     schema = TenantSchema.of(
-        *HR_SCHEMA.steps, SchemaStep("0001s", {sleep!r}), SchemaStep("0002", {notes!r})
+        *HR_SCHEMA.steps, SchemaStep("0001s", {sleep!r}), SchemaStep({version!r}, {notes!r})
     )
     platform = Platform(Settings.from_env({{"DATABASE_URL": url}}), schema)
     await platform.start(listen=False)
@@ -443,7 +447,9 @@ async def test_provisioning_process_killed_mid_create_leaves_no_half_tenant(
     never a schema without a row or a row without a schema; create(exist_ok=True) finishes."""
     url = make_database("tenantry_sigkill")
     slug = slug_for("killed")
-    script = _PROVISION_SCRIPT.format(sleep=SLEEP_SQL.format(seconds=2), notes=NOTES_STEP.sql)
+    script = _PROVISION_SCRIPT.format(
+        sleep=SLEEP_SQL.format(seconds=2), version=NOTES_VERSION, notes=NOTES_STEP.sql
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -578,7 +584,13 @@ async def test_export_writes_a_verifiable_archive_with_one_jsonl_per_table(
     assert manifest["format"] == "tenantry-export/1"
     assert manifest["tenant"]["id"] == str(tenant.id)
     counts = {t["name"]: t["rows"] for t in manifest["tables"]}
-    assert counts == {"departments": 3, "employees": 4, "leave_requests": 1}
+    assert counts == {
+        "departments": 3,
+        "employees": 4,
+        "leave_requests": 1,
+        "department_headcounts": 0,  # kept by the events consumer; the seed publishes none
+        "activity": 0,
+    }
     assert dict(seen) == counts
     assert result.total_rows == 8
     with tarfile.open(result.path, "r:gz") as tar:

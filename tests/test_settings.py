@@ -47,6 +47,7 @@ def test_from_env_parses_every_documented_variable() -> None:
             "TENANTRY_BASE_DOMAINS": "Example.com, app.example.net",
             "TENANTRY_TENANT_CACHE_TTL": "5",
             "TENANTRY_SPARE_SCHEMAS": "8",
+            "TENANTRY_SPARE_SYNCHRONOUS_CLAIMS": "off",
         }
     )
     db = settings.database
@@ -62,6 +63,8 @@ def test_from_env_parses_every_documented_variable() -> None:
     assert settings.resolution.base_domains == ("example.com", "app.example.net")
     assert settings.resolution.cache_ttl_seconds == 5.0
     assert settings.provisioning.spare_schemas == 8
+    assert settings.provisioning.synchronous_claims is False
+    assert Settings.from_env({}).provisioning.synchronous_claims is True
 
 
 def test_empty_values_mean_unset() -> None:

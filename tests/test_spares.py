@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import psycopg
 import pytest
 
 from hr_example import HR_SCHEMA
 from tenantry import Platform, SchemaStep, Settings, TenantSchema
+from tenantry.catalog import TenantExistsError
 from tenantry.settings import ProvisioningSettings
 from tests.conftest import unique_slug
 
@@ -107,7 +109,8 @@ async def test_spares_of_an_older_schema_version_are_pruned_at_start(
     await old.spares.fill()
     await old.stop()
 
-    newer = TenantSchema((*HR_SCHEMA.steps, SchemaStep("0002", "CREATE TABLE notes (body text)")))
+    version = f"{len(HR_SCHEMA.steps) + 1:04d}"  # the step after the example's head
+    newer = TenantSchema((*HR_SCHEMA.steps, SchemaStep(version, "CREATE TABLE notes (body text)")))
     new = Platform(tuned, newer)
     await new.start(listen=False)
     try:
@@ -115,11 +118,11 @@ async def test_spares_of_an_older_schema_version_are_pruned_at_start(
         assert await new.spares.count() == 0
         async with new.db.transaction(readonly=True) as conn:
             cur = await conn.execute(
-                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenantry\\_spare\\_%'"
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ts\\_%'"
             )
             assert await cur.fetchone() == (0,)
         tenant = await new.tenants.create(unique_slug())
-        assert tenant.schema_version == "0002"
+        assert tenant.schema_version == version
     finally:
         await new.stop()
 
@@ -147,5 +150,125 @@ async def test_background_refill_tops_the_stock_up_after_a_claim(
                 break
             await asyncio.sleep(0.1)
         assert await platform.spares.count() == 2
+    finally:
+        await platform.stop()
+
+
+async def _stock(platform: Platform) -> set[str]:
+    async with platform.db.transaction(readonly=True) as conn:
+        cur = await conn.execute("SELECT schema_name FROM tenantry.spare_schemas")
+        return {name for (name,) in await cur.fetchall()}
+
+
+async def test_n_concurrent_sign_ups_claim_n_distinct_spares(spare_platform: Platform) -> None:
+    """12 sign-ups at once with 12 spares in stock: every one gets a spare, each spare goes
+    to exactly one tenant, and the tenant's schema is that spare, unrenamed."""
+    assert spare_platform.spares is not None
+    await spare_platform.spares.fill(12)
+    stock = await _stock(spare_platform)
+    assert len(stock) == 12
+    tenants = await asyncio.gather(
+        *(spare_platform.tenants.create(unique_slug()) for _ in range(12))
+    )
+    assert sorted(t.schema_name for t in tenants) == sorted(stock)
+    assert [await _schema_source(spare_platform, t.id) for t in tenants] == ["spare"] * 12
+    assert await _stock(spare_platform) == set()
+    async with spare_platform.db.transaction(readonly=True) as conn:
+        cur = await conn.execute(
+            "SELECT t.slug, t.schema_name FROM tenantry.tenants t "
+            "JOIN pg_namespace n ON n.nspname = t.schema_name WHERE t.id = ANY(%s)",
+            ([t.id for t in tenants],),
+        )
+        assert sorted(await cur.fetchall()) == sorted((t.slug, t.schema_name) for t in tenants)
+    for tenant in tenants:  # each one serves its own rows through the catalog's mapping
+        async with spare_platform.db.tenant_transaction(tenant.context()) as conn:
+            await conn.execute("INSERT INTO departments (name) VALUES (%s)", (tenant.slug,))
+            cur = await conn.execute("SELECT name FROM departments")
+            assert await cur.fetchall() == [(tenant.slug,)]
+
+
+async def test_a_failed_claim_leaves_the_spare_in_stock(spare_platform: Platform) -> None:
+    """A sign-up whose catalog row cannot be written (its slug is taken) claims nothing:
+    the claim and the catalog row are one statement."""
+    assert spare_platform.spares is not None
+    await spare_platform.spares.fill(2)
+    taken = await spare_platform.tenants.create(unique_slug())
+    stock = await _stock(spare_platform)
+    assert len(stock) == 1
+    with pytest.raises(TenantExistsError):
+        await spare_platform.tenants.create(taken.slug)
+    assert await _stock(spare_platform) == stock
+
+
+async def test_a_claim_killed_mid_statement_leaves_the_spare_in_stock(
+    spare_platform: Platform,
+) -> None:
+    """The claiming backend is terminated after it took the spare but while its catalog
+    row waits on a lock: nothing of the claim survives; the next sign-up gets that spare."""
+    assert spare_platform.spares is not None
+    await spare_platform.spares.fill(1)
+    [spare] = await _stock(spare_platform)
+    slug = unique_slug()
+    pool = spare_platform.db.cell().owner_pool
+    async with pool.connection() as blocker:
+        # An uncommitted row with the same slug: the claim's INSERT waits on it.
+        await blocker.execute("BEGIN")
+        await blocker.execute(
+            "INSERT INTO tenantry.tenants (id, slug, name, tier, status, schema_name) "
+            "VALUES (gen_random_uuid(), %s, 'blocker', 'free', 'active', 'blocker_schema')",
+            (slug,),
+        )
+        claim = asyncio.create_task(spare_platform.tenants.create(slug))
+        async with pool.connection() as watcher:
+            for _ in range(200):
+                cur = await watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%%spare_schemas%%'"
+                )
+                row = await cur.fetchone()
+                if row:
+                    break
+                await asyncio.sleep(0.05)
+            assert row, "the claim never waited on the blocker"
+            await watcher.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        with pytest.raises(psycopg.OperationalError):  # its connection died under it
+            await claim
+        await blocker.execute("ROLLBACK")
+    assert await _stock(spare_platform) == {spare}
+    async with spare_platform.db.transaction(readonly=True) as conn:
+        cur = await conn.execute("SELECT count(*) FROM tenantry.tenants WHERE slug = %s", (slug,))
+        assert await cur.fetchone() == (0,)
+    tenant = await spare_platform.tenants.create(slug)
+    assert tenant.schema_name == spare
+
+
+async def test_claims_without_waiting_for_the_wal_flush_are_still_atomic(
+    make_database, settings: Settings
+) -> None:
+    """With ``synchronous_claims`` off a claim runs in its own transaction with
+    ``synchronous_commit = off``: concurrent sign-ups still get distinct spares, a failed
+    one still leaves its spare in stock, and the setting does not leak to the connection."""
+    tuned = replace(
+        settings.with_database_url(make_database("tenantry_spares_async")),
+        provisioning=ProvisioningSettings(spare_schemas=6, synchronous_claims=False),
+    )
+    platform = Platform(tuned, HR_SCHEMA)
+    await platform.start(listen=False)
+    try:
+        assert platform.spares is not None
+        assert not platform.spares.synchronous
+        await platform.spares.fill()
+        stock = await _stock(platform)
+        tenants = await asyncio.gather(*(platform.tenants.create(unique_slug()) for _ in range(5)))
+        assert {t.schema_name for t in tenants} < stock
+        left = await _stock(platform)
+        assert left == stock - {t.schema_name for t in tenants}
+        assert len(left) == 1
+        with pytest.raises(TenantExistsError):
+            await platform.tenants.create(tenants[0].slug)
+        assert await _stock(platform) == left
+        async with platform.db.cell().owner_pool.connection() as conn:
+            cur = await conn.execute("SHOW synchronous_commit")
+            assert await cur.fetchone() == ("on",)
     finally:
         await platform.stop()

@@ -167,6 +167,16 @@ def test_up_serves_seeded_tenants_stops_cleanly_and_keeps_data(
         assert all(e["email"].endswith(f"@{slug}.example") for e in people.json()["items"])
     leave = first.get("/api/leave-requests", **{"X-Tenant-ID": "acme"})
     assert len(leave.json()["items"]) == 1
+    # /metrics is served, and the access log is JSON lines naming the tenant.
+    scraped = first.get("/metrics")
+    assert scraped.status_code == 200
+    assert 'tenant="acme"' in scraped.text or 'tenant="_other"' in scraped.text
+    access = [
+        json.loads(line)
+        for line in first.log.read_text(errors="replace").splitlines()
+        if line.startswith("{") and '"event": "request"' in line
+    ]
+    assert any(line.get("tenant_slug") == "acme" and line["status"] == 200 for line in access)
 
     # The CLI finds the running stack through the state that up left in the folder.
     listed = subprocess.run(

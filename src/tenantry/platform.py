@@ -29,7 +29,9 @@ from tenantry.catalog import (
 )
 from tenantry.db import CompiledTenantSchema, Database, TenantSchema
 from tenantry.errors import ConfigurationError
+from tenantry.events import Events, bootstrap_events
 from tenantry.flags import FeatureFlags, bootstrap_flags
+from tenantry.observability.hub import Observability, bootstrap_observability
 from tenantry.provisioning import SparePool, TenantLifecycle
 from tenantry.settings import Settings
 
@@ -78,6 +80,17 @@ class Platform:
             else None
         )
         self.flags = FeatureFlags(self.db, settings.flags, catalog=self.catalog)
+        # Metrics, traces, SLO objectives, usage: wired into the pools, cache and flags.
+        self.observability = Observability(settings, self.db)
+        self.metrics = self.observability.metrics
+        self.observability.watch_cache(lambda: self.cache.stats)
+        if self.metrics.enabled:
+            self.flags.on_evaluation = self.metrics.observe_flag
+        self.events = Events(self.db, self.directory, settings.events)
+        # Handlers run in a span continuing the publisher's trace, with consumer lag recorded.
+        self.events.run_handler = self.observability.wrap_handler_runner(self.events.run_handler)
+        if self.metrics.enabled:
+            self.events.observe_outbox_lag = self.metrics.outbox_lag
         self.spares: SparePool | None = None
         self._compiled: CompiledTenantSchema | None = None
         self._lifecycle: TenantLifecycle | None = None
@@ -110,6 +123,8 @@ class Platform:
                     app_password=self.settings.database.app_password,
                 )
                 await bootstrap_flags(conn, app_role=self.settings.database.app_role)
+                await bootstrap_observability(conn, app_role=self.settings.database.app_role)
+                await bootstrap_events(conn, app_role=self.settings.database.app_role)
         async with cell.owner_pool.connection() as conn:
             self._compiled = await self.tenant_schema.compile(
                 conn, app_role=self.settings.database.app_role
@@ -117,7 +132,12 @@ class Platform:
         await cell.app_pool.open(wait=True, timeout=30)
         stock = self.settings.provisioning.spare_schemas
         if stock > 0:
-            self.spares = SparePool(self.db, self._compiled, target=stock)
+            self.spares = SparePool(
+                self.db,
+                self._compiled,
+                target=stock,
+                synchronous=self.settings.provisioning.synchronous_claims,
+            )
             await self.spares.prune()
         self._lifecycle = TenantLifecycle(
             self.db,
@@ -127,22 +147,27 @@ class Platform:
             spares=self.spares,
         )
         self._lifecycle.listeners.append(self._tenant_changed)
+        await self.observability.refresh()
         if listen:
+            self.observability.start()
             await self.directory.start()
             await self.flags.start()
             if self.spares is not None:
                 await self.spares.start()
+            await self.events.start()
 
     async def stop(self) -> None:
         """Stop listening and close every connection."""
+        await self.events.stop()
         await self.directory.stop()
         await self.flags.stop()
         if self.spares is not None:
             await self.spares.stop()
         if self.rate_limiter is not None:
-            await self.rate_limiter.drain()
+            await self.rate_limiter.close()
         if self.redis is not None:
             await self.redis.aclose()
+        await self.observability.stop()
         await self.db.close()
 
     async def _tenant_changed(self, tenant: Tenant) -> None:

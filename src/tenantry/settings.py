@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from tenantry.errors import ConfigurationError
@@ -221,11 +221,17 @@ class ProvisioningSettings:
     """Tenant provisioning.
 
     ``spare_schemas``: how many ready-built, unassigned tenant schemas each long-running
-    process keeps in stock. Creating a tenant then renames a spare (milliseconds) instead of
-    running the whole DDL; the stock is refilled in the background. 0 turns it off.
+    process keeps in stock. Creating a tenant then claims a spare (one DML statement, no
+    DDL) instead of running the whole DDL; the stock is refilled in the background. 0 turns
+    it off. ``synchronous_claims``: a claim's commit waits for its WAL flush (the default,
+    durable). Off, it does not (``synchronous_commit = off`` for that transaction only):
+    the sign-up no longer waits on the disk, and a *database server* crash within about
+    three ``wal_writer_delay`` s of it may lose that sign-up — whole: the tenant row and the
+    claim together, so the spare is back in stock and the slug free; never half of it.
     """
 
     spare_schemas: int = 0
+    synchronous_claims: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +249,118 @@ class FlagSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsSettings:
+    """Events: the transactional outbox, its relay to Kafka, consumers and their DLQ policy.
+
+    ``kafka_bootstrap``: Kafka's bootstrap servers; ``None`` is the embedded default, where
+    consumers read the outbox itself as the log (no broker). ``topic_prefix`` is put before
+    each event family's topic name (``employee.hired`` goes to ``<prefix>employee``).
+    ``topic_partitions``: partitions of the topics the relay creates. A handler that raises
+    is retried ``max_attempts`` times in all, ``backoff`` seconds after the first failure,
+    doubling up to ``max_backoff``; then the event goes to the dead-letter queue and its
+    tenant's later events go on. ``relay_batch``: outbox rows one relay claim takes;
+    ``consumer_batch``: records one consumer poll takes; ``concurrency``: tenants processed
+    at once by one consumer. ``consume_in_app``: run the app's consumers inside the web
+    process (the embedded default does; with Kafka, run ``tenantry consume`` instead).
+    ``log_retention``: seconds the embedded log keeps events every group has passed.
+    """
+
+    kafka_bootstrap: str | None = None
+    topic_prefix: str = "tenantry."
+    topic_partitions: int = 6
+    max_attempts: int = 3
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+    relay_batch: int = 2000
+    consumer_batch: int = 500
+    concurrency: int = 16
+    consume_in_app: bool = True
+    log_retention: float = 7 * 86_400.0
+
+
+DEFAULT_REDACTED_KEYS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "authorization",
+    "proxy_authorization",
+    "cookie",
+    "set_cookie",
+    "api_key",
+    "apikey",
+    "jwt_secret",
+    "client_secret",
+    "private_key",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """Structured logs (structlog).
+
+    ``format``: ``json`` (one object per line, the default) or ``console`` (for people).
+    Every field whose name is in ``redact_keys`` (case-insensitive, ``-`` = ``_``), at any
+    depth, is replaced by ``[REDACTED]``; bearer tokens and JWTs are scrubbed from every
+    string whatever its key. ``access_log``: one line per HTTP request.
+    """
+
+    format: Literal["json", "console"] = "json"
+    level: str = "info"
+    redact_keys: tuple[str, ...] = DEFAULT_REDACTED_KEYS
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Prometheus metrics on ``/metrics``.
+
+    ``tenant_cap``: at most this many tenants get a ``tenant`` label of their own per
+    process; the rest are folded into ``_other`` (see the README's tenant-label policy).
+    ``tenant_allow``: slugs that always get their label (they count against the cap).
+    ``promote_after``: requests a tenant needs before it is given a label of its own.
+    ``multiproc_dir``: ``PROMETHEUS_MULTIPROC_DIR`` for multi-process servers. ``port`` /
+    ``host``: where processes without HTTP (``tenantry relay``, ``tenantry consume``) serve
+    ``/metrics`` (none by default).
+    """
+
+    enabled: bool = True
+    tenant_cap: int = 200
+    tenant_allow: tuple[str, ...] = ()
+    promote_after: int = 20
+    multiproc_dir: str | None = None
+    port: int | None = None
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry traces; off by default.
+
+    ``otlp_endpoint`` (``OTEL_EXPORTER_OTLP_ENDPOINT``): where spans go over OTLP/HTTP;
+    without one, spans are created (and propagated) but only exported to exporters added
+    in code. ``sample_ratio``: the share of new traces recorded (parent-based).
+    """
+
+    enabled: bool = False
+    otlp_endpoint: str | None = None
+    sample_ratio: float = 1.0
+    service_name: str = "tenantry"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSettings:
+    """Usage metering: per-tenant counters are flushed to the control plane every
+    ``flush_seconds``."""
+
+    enabled: bool = True
+    flush_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """All of tenantry's settings."""
 
@@ -255,6 +373,11 @@ class Settings:
     resolution: ResolutionSettings = field(default_factory=ResolutionSettings)
     provisioning: ProvisioningSettings = field(default_factory=ProvisioningSettings)
     flags: FlagSettings = field(default_factory=FlagSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
 
     def with_database_url(self, url: str) -> Settings:
         """A copy pointing at another control database."""
@@ -311,8 +434,72 @@ class Settings:
             ),
             provisioning=ProvisioningSettings(
                 spare_schemas=_int(env, "TENANTRY_SPARE_SCHEMAS", 0),
+                synchronous_claims=_bool(env, "TENANTRY_SPARE_SYNCHRONOUS_CLAIMS", True),
             ),
+            events=_events_settings(env),
+            **_observability_settings(env),
         )
+
+
+def _observability_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    log_format = env.get("TENANTRY_LOG_FORMAT", "json").strip().lower()
+    if log_format not in {"json", "console"}:
+        raise ConfigurationError(f"TENANTRY_LOG_FORMAT must be json or console, got {log_format!r}")
+    cap = _int(env, "TENANTRY_METRICS_TENANT_CAP", 200)
+    if cap < 0:
+        raise ConfigurationError(f"TENANTRY_METRICS_TENANT_CAP must be >= 0, got {cap}")
+    ratio = _float(env, "TENANTRY_TRACE_SAMPLE_RATIO", 1.0)
+    if ratio > 1:
+        raise ConfigurationError(f"TENANTRY_TRACE_SAMPLE_RATIO must be in [0, 1], got {ratio}")
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    extra_keys = tuple(k.replace("-", "_") for k in _csv(env.get("TENANTRY_LOG_REDACT")))
+    return {
+        "log": LogSettings(
+            format="console" if log_format == "console" else "json",
+            level=env.get("TENANTRY_LOG_LEVEL", "info").strip().lower() or "info",
+            redact_keys=DEFAULT_REDACTED_KEYS + extra_keys,
+            access_log=_bool(env, "TENANTRY_ACCESS_LOG", True),
+        ),
+        "metrics": MetricsSettings(
+            enabled=_bool(env, "TENANTRY_METRICS", True),
+            tenant_cap=cap,
+            tenant_allow=_csv(env.get("TENANTRY_METRICS_TENANTS")),
+            promote_after=max(1, _int(env, "TENANTRY_METRICS_PROMOTE_AFTER", 20)),
+            multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            port=_int(env, "TENANTRY_METRICS_PORT", 0) or None,
+            host=env.get("TENANTRY_METRICS_HOST") or "127.0.0.1",
+        ),
+        "tracing": TracingSettings(
+            enabled=_bool(env, "TENANTRY_TRACING", endpoint is not None),
+            otlp_endpoint=endpoint,
+            sample_ratio=ratio,
+            service_name=env.get("OTEL_SERVICE_NAME") or "tenantry",
+        ),
+        "usage": UsageSettings(
+            enabled=_bool(env, "TENANTRY_USAGE", True),
+            flush_seconds=_float(env, "TENANTRY_USAGE_FLUSH_SECONDS", 10.0) or 10.0,
+        ),
+    }
+
+
+def _events_settings(env: Mapping[str, str]) -> EventsSettings:
+    kafka = env.get("TENANTRY_KAFKA_BOOTSTRAP", "").strip() or None
+    attempts = _int(env, "TENANTRY_EVENTS_MAX_ATTEMPTS", 3)
+    if attempts < 1:
+        raise ConfigurationError("TENANTRY_EVENTS_MAX_ATTEMPTS must be at least 1")
+    return EventsSettings(
+        kafka_bootstrap=kafka,
+        topic_prefix=env.get("TENANTRY_EVENTS_TOPIC_PREFIX", "tenantry."),
+        topic_partitions=max(1, _int(env, "TENANTRY_EVENTS_TOPIC_PARTITIONS", 6)),
+        max_attempts=attempts,
+        backoff=_float(env, "TENANTRY_EVENTS_BACKOFF", 0.05),
+        max_backoff=_float(env, "TENANTRY_EVENTS_MAX_BACKOFF", 2.0),
+        relay_batch=max(1, _int(env, "TENANTRY_EVENTS_RELAY_BATCH", 2000)),
+        consumer_batch=max(1, _int(env, "TENANTRY_EVENTS_CONSUMER_BATCH", 500)),
+        concurrency=max(1, _int(env, "TENANTRY_EVENTS_CONCURRENCY", 16)),
+        consume_in_app=_bool(env, "TENANTRY_EVENTS_CONSUME_IN_APP", kafka is None),
+        log_retention=_float(env, "TENANTRY_EVENTS_LOG_RETENTION", 7 * 86_400.0),
+    )
 
 
 def _rate_limit_settings(env: Mapping[str, str]) -> RateLimitSettings:

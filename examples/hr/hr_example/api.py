@@ -11,14 +11,24 @@ employee, who counts in a headcount) invalidates the tenant's ``departments`` na
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
+from hr_example.events import (
+    EMPLOYEE_HIRED,
+    EMPLOYEE_LEFT,
+    EMPLOYEE_TRANSFERRED,
+    LEAVE_APPROVED,
+    LEAVE_REQUESTED,
+)
 from hr_example.flags import APPROVAL_WORKFLOW_V2, SICK_LEAVE_AUTO_APPROVE_DAYS
 from hr_example.models import (
+    Activity,
     Department,
     DepartmentIn,
     Employee,
@@ -128,7 +138,14 @@ async def get_department(
             platform.db.tenant_transaction(readonly=True) as conn,
             conn.cursor(row_factory=dict_row) as cur,
         ):
-            await cur.execute(f"{_DEPARTMENT} WHERE d.id = %s", (department_id,))
+            await cur.execute(
+                "SELECT d.id, d.name, d.created_at, "
+                "(SELECT count(*) FROM employees e WHERE e.department_id = d.id) AS headcount, "
+                "(SELECT coalesce(h.headcount, 0) FROM department_headcounts h "
+                "WHERE h.department_id = d.id) AS event_headcount "
+                "FROM departments d WHERE d.id = %s",
+                (department_id,),
+            )
             row = await cur.fetchone()
         return None if row is None else Department(**row)
 
@@ -165,8 +182,15 @@ async def list_employees(
     return Page[Employee](items=[Employee(**row) for row in rows], next=nxt)
 
 
+Written = Callable[[AsyncConnection[Any], dict[str, Any]], Awaitable[None]]
+
+
 async def _write_employee(
-    platform: PlatformDep, cache: TenantCacheDep, query: str, params: tuple[Any, ...]
+    platform: PlatformDep,
+    cache: TenantCacheDep,
+    query: str,
+    params: tuple[Any, ...],
+    written: Written | None = None,
 ) -> dict[str, Any] | None:
     try:
         async with (
@@ -175,6 +199,8 @@ async def _write_employee(
         ):
             await cur.execute(query, params)
             row = await cur.fetchone()
+            if row is not None and written is not None:
+                await written(conn, row)  # its events commit with the write
     except pg_errors.ForeignKeyViolation:
         raise _unprocessable("department_id", "no such department") from None
     except pg_errors.UniqueViolation:
@@ -188,7 +214,20 @@ async def _write_employee(
 async def create_employee(
     body: EmployeeIn, platform: PlatformDep, cache: TenantCacheDep
 ) -> Employee:
-    """Hire someone into a department."""
+    """Hire someone into a department (publishes ``employee.hired``)."""
+
+    async def hired(conn: AsyncConnection[Any], row: dict[str, Any]) -> None:
+        await platform.events.publish(
+            EMPLOYEE_HIRED,
+            {
+                "employee_id": row["id"],
+                "department_id": row["department_id"],
+                "title": row["title"],
+            },
+            key=f"employee:{row['id']}",
+            conn=conn,
+        )
+
     row = await _write_employee(
         platform,
         cache,
@@ -202,6 +241,7 @@ async def create_employee(
             body.department_id,
             body.hired_on,
         ),
+        hired,
     )
     assert row is not None
     return Employee(**row)
@@ -222,7 +262,8 @@ async def get_employee(employee_id: int, conn: TenantConnection) -> Employee:
 async def update_employee(
     employee_id: int, body: EmployeePatch, platform: PlatformDep, cache: TenantCacheDep
 ) -> Employee:
-    """Change some of an employee's fields."""
+    """Change some of an employee's fields (a new department publishes
+    ``employee.transferred``)."""
     changes = body.model_dump(exclude_unset=True)
     if any(value is None for value in changes.values()):
         raise _unprocessable(next(k for k, v in changes.items() if v is None), "may not be null")
@@ -232,12 +273,30 @@ async def update_employee(
     # Column names come from the model's own field names, never from the request.
     assignments = ", ".join(f"{column} = %s" for column in changes)
     values = tuple(str(v) if column == "email" else v for column, v in changes.items())
+    returning = ", ".join(f"e.{column}" for column in _EMPLOYEE.split(", "))
+
+    async def transferred(conn: AsyncConnection[Any], row: dict[str, Any]) -> None:
+        if row["previous_department_id"] != row["department_id"]:
+            await platform.events.publish(
+                EMPLOYEE_TRANSFERRED,
+                {
+                    "employee_id": row["id"],
+                    "from_department_id": row["previous_department_id"],
+                    "to_department_id": row["department_id"],
+                },
+                key=f"employee:{row['id']}",
+                conn=conn,
+            )
+
     row = await _write_employee(
         platform,
         cache,
-        f"UPDATE employees SET {assignments}, updated_at = now() WHERE id = %s "
-        f"RETURNING {_EMPLOYEE}",
-        (*values, employee_id),
+        "WITH before AS (SELECT id, department_id FROM employees WHERE id = %s FOR UPDATE) "
+        f"UPDATE employees e SET {assignments}, updated_at = now() FROM before "
+        f"WHERE e.id = before.id RETURNING {returning}, "
+        "before.department_id AS previous_department_id",
+        (employee_id, *values),
+        transferred,
     )
     if row is None:
         raise _not_found("employee", employee_id)
@@ -248,10 +307,19 @@ async def update_employee(
 async def delete_employee(
     employee_id: int, platform: PlatformDep, cache: TenantCacheDep
 ) -> Response:
-    """Remove an employee (and their leave requests)."""
+    """Remove an employee and their leave requests (publishes ``employee.left``)."""
     async with platform.db.tenant_transaction() as conn:
-        cur = await conn.execute("DELETE FROM employees WHERE id = %s", (employee_id,))
-    if cur.rowcount == 0:
+        cur = await conn.execute(
+            "DELETE FROM employees WHERE id = %s RETURNING department_id", (employee_id,)
+        )
+        gone = await cur.fetchone()
+        if gone is not None:
+            await platform.events.publish(
+                EMPLOYEE_LEFT,
+                {"employee_id": employee_id, "department_id": gone[0]},
+                key=f"employee:{employee_id}",
+            )
+    if gone is None:
         raise _not_found("employee", employee_id)
     await cache.invalidate_namespace(DEPARTMENTS_CACHE)
     return Response(status_code=204)
@@ -284,7 +352,11 @@ def _workflow(flags: CurrentFlags, response: Response) -> bool:
 
 @router.post("/leave-requests", status_code=201)
 async def create_leave_request(
-    body: LeaveRequestIn, conn: TenantConnection, flags: CurrentFlags, response: Response
+    body: LeaveRequestIn,
+    conn: TenantConnection,
+    flags: CurrentFlags,
+    response: Response,
+    platform: PlatformDep,
 ) -> LeaveRequest:
     """Ask for leave. Under approval workflow v2, short sick leave is approved at once."""
     days = (body.ends_on - body.starts_on).days + 1
@@ -307,15 +379,39 @@ async def create_leave_request(
                 ),
             )
             row = await cur.fetchone()
+            assert row is not None
+            await _leave_event(platform, conn, LEAVE_REQUESTED, row)
+            if auto:
+                await _leave_event(platform, conn, LEAVE_APPROVED, row)
     except pg_errors.ForeignKeyViolation:
         raise _unprocessable("employee_id", "no such employee") from None
-    assert row is not None
     return LeaveRequest(**row)
+
+
+async def _leave_event(
+    platform: PlatformDep, conn: AsyncConnection[Any], kind: str, row: dict[str, Any]
+) -> None:
+    await platform.events.publish(
+        kind,
+        {
+            "leave_request_id": row["id"],
+            "employee_id": row["employee_id"],
+            "kind": row["kind"],
+            "starts_on": row["starts_on"].isoformat(),
+            "ends_on": row["ends_on"].isoformat(),
+        },
+        key=f"employee:{row['employee_id']}",
+        conn=conn,
+    )
 
 
 @router.post("/leave-requests/{request_id}/approve")
 async def approve_leave_request(
-    request_id: int, conn: TenantConnection, flags: CurrentFlags, response: Response
+    request_id: int,
+    conn: TenantConnection,
+    flags: CurrentFlags,
+    response: Response,
+    platform: PlatformDep,
 ) -> LeaveRequest:
     """Approve a pending leave request. Under approval workflow v2 a request that overlaps
     leave the employee already has approved is refused (409 ``leave_overlap``)."""
@@ -349,4 +445,26 @@ async def approve_leave_request(
         )
         row = await cur.fetchone()
     assert row is not None
+    await _leave_event(platform, conn, LEAVE_APPROVED, row)
     return LeaveRequest(**row)
+
+
+# -- activity (kept by the hr events consumer) ------------------------------------------
+@router.get("/activity")
+async def list_activity(
+    conn: TenantConnection,
+    limit: Limit = 50,
+    after: After = 0,
+    employee_id: Annotated[int | None, Query(gt=0)] = None,
+) -> Page[Activity]:
+    """The activity feed (hirings, transfers, departures, leave), oldest first; it is
+    written by the ``hr`` events consumer, so it trails the writes by milliseconds."""
+    query = "SELECT id, event_id, employee_id, kind, summary, occurred_at FROM activity "
+    if employee_id is None:
+        query += "WHERE id > %s ORDER BY id LIMIT %s"
+        params: tuple[Any, ...] = (after,)
+    else:
+        query += "WHERE id > %s AND employee_id = %s ORDER BY id LIMIT %s"
+        params = (after, employee_id)
+    rows, nxt = await _page(conn, query, params, limit)
+    return Page[Activity](items=[Activity(**row) for row in rows], next=nxt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from typing import Generic, Literal, TypeVar
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
@@ -28,6 +29,8 @@ class DepartmentIn(BaseModel):
 class Department(DepartmentIn):
     id: int
     headcount: int = 0
+    event_headcount: int | None = None
+    """The headcount the ``hr`` events consumer keeps (one department's read only)."""
     created_at: datetime
 
 
@@ -86,3 +89,12 @@ class LeaveRequest(BaseModel):
     status: str
     created_at: datetime
     decided_at: datetime | None = None
+
+
+class Activity(BaseModel):
+    id: int
+    event_id: UUID
+    employee_id: int
+    kind: str
+    summary: str
+    occurred_at: datetime

@@ -74,24 +74,46 @@ class RedisGuard:
 
     async def run(self, call: Callable[[], Awaitable[T]], what: str = "call") -> T:
         """Await ``call()``; raise :class:`RedisUnavailableError` if Redis is down or fails."""
-        probe = False
-        if self._down_since is not None:
-            if self._probing or self._clock() < self._retry_at:
-                self._degraded += 1
-                raise RedisUnavailableError(f"{self.name} is unavailable; {what} skipped")
-            self._probing = probe = True
+        probe = self.admit(what) if self._down_since is not None else False
         try:
             async with self._slots:
                 result = await call()
         except UNAVAILABLE as exc:
-            self._failed(exc, what)
-            raise RedisUnavailableError(f"{self.name} is unavailable ({what}): {exc}") from exc
+            raise self.failure(exc, what) from exc
         finally:
             if probe:
                 self._probing = False
         if self._down_since is not None:
             self._recovered()
         return result
+
+    # The three steps of :meth:`run`, for callers that drive their own connection (the
+    # rate limiter's pipelined path) and cannot afford a coroutine per call.
+    def admit(self, what: str = "call") -> bool:
+        """Raise :class:`RedisUnavailableError` during an outage, except for one probe per
+        ``retry_interval``: returns ``True`` for that probe, which must end with
+        :meth:`succeeded` or :meth:`failure` (and :meth:`end_probe`)."""
+        if self._down_since is None:
+            return False
+        if self._probing or self._clock() < self._retry_at:
+            self._degraded += 1
+            raise RedisUnavailableError(f"{self.name} is unavailable; {what} skipped")
+        self._probing = True
+        return True
+
+    def end_probe(self) -> None:
+        """The probe admitted by :meth:`admit` is over (whatever its outcome)."""
+        self._probing = False
+
+    def succeeded(self) -> None:
+        """A call went through: ends an outage if one was recorded."""
+        if self._down_since is not None:
+            self._recovered()
+
+    def failure(self, exc: BaseException, what: str = "call") -> RedisUnavailableError:
+        """Record that Redis failed ``what`` with ``exc``; returns the error to raise."""
+        self._failed(exc, what)
+        return RedisUnavailableError(f"{self.name} is unavailable ({what}): {exc}")
 
     def _failed(self, exc: BaseException, what: str) -> None:
         now = self._clock()

@@ -11,11 +11,12 @@ One ``EVALSHA`` per request checks, atomically and on Redis' clock:
   sustained, bursts up to ``burst``. The state is one timestamp per tenant.
 
 Nothing is consumed unless every check passes. Checks (and the release of in-flight
-slots, which no request waits for) are auto-pipelined: concurrent requests share round
-trips, and each check still costs at most one. All three keys carry the tenant's hash
-tag, so the script runs on one cluster node. Limits come from the tenant's tier
-(:class:`~tenantry.settings.RateLimitSettings`), overridden by the catalog attribute
-``rate_limit`` (e.g. ``{"rate": 500, "burst": 1000}``).
+slots, which no request waits for) are auto-pipelined over a lean connection of the
+limiter's own (:mod:`._pipeline`): the checks concurrent requests issue in the same
+event-loop tick share one write and one round trip, and each check still costs at most
+one. All three keys carry the tenant's hash tag, so the script runs on one cluster node.
+Limits come from the tenant's tier (:class:`~tenantry.settings.RateLimitSettings`),
+overridden by the catalog attribute ``rate_limit`` (e.g. ``{"rate": 500, "burst": 1000}``).
 
 When Redis is unavailable the limiter fails open (lets requests through) or closed
 (:class:`RateLimitUnavailableError`, HTTP 503), per ``RateLimitSettings.fail_open``.
@@ -33,6 +34,7 @@ from typing import Any
 from uuid import UUID
 
 from tenantry.cache._pipeline import AutoPipeline
+from tenantry.cache._resp import pack_args
 from tenantry.cache.client import RedisClient
 from tenantry.cache.degradation import RedisGuard
 from tenantry.cache.errors import RateLimitUnavailableError, RedisUnavailableError
@@ -45,6 +47,7 @@ logger = logging.getLogger("tenantry.ratelimit")
 
 REASONS = {1: "rate", 2: "quota", 3: "concurrency"}
 OVERRIDE_ATTRIBUTE = "rate_limit"
+_COST_ONE_NO_LEASE = pack_args((1, ""))
 
 # KEYS: gcra, quota, in-flight.  ARGV: emission interval us, burst, quota, quota window us,
 # concurrency, lease us, cost, lease id.
@@ -128,6 +131,17 @@ class RateDecision:
             out.append(("Retry-After", str(max(1, math.ceil(self.retry_after)))))
         return out
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """:meth:`headers` of an admitted request, ASGI-ready (lower-case, bytes): built
+        on every request, so built directly."""
+        if self.degraded:
+            return []
+        return [
+            (b"ratelimit-limit", b"%d" % self.limit),
+            (b"ratelimit-remaining", b"%d" % max(0, self.remaining)),
+            (b"ratelimit-reset", b"%d" % math.ceil(self.reset_after)),
+        ]
+
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
@@ -137,6 +151,7 @@ class _Plan:
     override: Any  # held, so its identity stays unique while the plan is cached
     limits: TierLimits
     command: tuple[Any, ...]
+    packed: bytes  # ``command`` as RESP, announcing the two per-call arguments to come
     inflight: bytes
 
 
@@ -197,12 +212,14 @@ class RateLimiter:
             limits.concurrency,
             max(1, int(self.settings.concurrency_lease * 1_000_000)),
         )
-        # Pre-encoded: the per-request work is appending the cost and the lease id.
+        # Pre-packed: the per-request work is appending the cost and the lease id.
+        command = ("EVALSHA", self._sha, b"3", *keys, *(str(a).encode() for a in args))
         plan = _Plan(
             tier=tenant.tier,
             override=override,
             limits=limits,
-            command=("EVALSHA", self._sha, b"3", *keys, *(str(a).encode() for a in args)),
+            command=command,
+            packed=b"*%d\r\n" % (len(command) + 2) + pack_args(command),
             inflight=keys[2],
         )
         if len(self._plans) >= 100_000:
@@ -232,16 +249,23 @@ class RateLimiter:
         """Check and count one request (one round trip at most)."""
         plan = self._plan(tenant)
         burst, concurrency = plan.limits.burst, plan.limits.concurrency
-        lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}" if concurrency else ""
+        if concurrency:
+            lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}"
+            tail = pack_args((cost, lease_id))
+        else:
+            lease_id = ""
+            tail = _COST_ONE_NO_LEASE if cost == 1 else pack_args((cost, lease_id))
         try:
-            reply = await self.pipeline.call(*plan.command, cost, lease_id)
+            reply = await self.pipeline.call_packed(
+                plan.packed + tail, (*plan.command, cost, lease_id)
+            )
         except RedisUnavailableError as exc:
             if self.settings.fail_open:
                 return RateDecision(True, burst, burst, 0.0, degraded=True)
             raise RateLimitUnavailableError(
                 "rate limiting is unavailable and configured to fail closed; retry shortly"
             ) from exc
-        allowed, reason, remaining, retry_ms, reset_ms = (int(part) for part in reply)
+        allowed, reason, remaining, retry_ms, reset_ms = reply  # integers, as Lua returns
         return RateDecision(
             allowed=allowed == 1,
             limit=burst,
@@ -262,5 +286,9 @@ class RateLimiter:
             self.pipeline.send("ZREM", *decision.lease)
 
     async def drain(self) -> None:
-        """Send whatever is still queued (at shutdown, before the client closes)."""
+        """Wait until every slot given back so far has reached Redis."""
         await self.pipeline.drain()
+
+    async def close(self) -> None:
+        """Drain, then close the limiter's own connections (at shutdown)."""
+        await self.pipeline.close()

@@ -52,28 +52,13 @@ CREATE TABLE IF NOT EXISTS tenantry.spare_schemas (
     cell            text NOT NULL DEFAULT 'default',
     created_at      timestamptz NOT NULL DEFAULT now()
 );
--- Provision a tenant schema: take a pre-built spare at the same version and rename it
--- (milliseconds), or build it from the compiled DDL when none is left. Runs inside the
--- caller's transaction, after search_path was set to the new schema.
-CREATE OR REPLACE FUNCTION tenantry.claim_or_build_schema(
-    p_schema text, p_version text, p_cell text, p_ddl text
-) RETURNS text LANGUAGE plpgsql AS $fn$
-DECLARE
-    spare text;
-BEGIN
-    DELETE FROM tenantry.spare_schemas WHERE schema_name = (
-        SELECT s.schema_name FROM tenantry.spare_schemas s
-        WHERE s.schema_version IS NOT DISTINCT FROM p_version AND s.cell = p_cell
-        ORDER BY s.created_at LIMIT 1 FOR UPDATE SKIP LOCKED
-    ) RETURNING schema_name INTO spare;
-    IF spare IS NULL THEN
-        EXECUTE p_ddl;
-        RETURN 'built';
-    END IF;
-    EXECUTE format('ALTER SCHEMA %I RENAME TO %I', spare, p_schema);
-    RETURN 'spare';
-END
-$fn$;
+-- A claim takes the oldest spare of its cell and version: the first unlocked index entry.
+CREATE INDEX IF NOT EXISTS spare_schemas_claim_idx
+    ON tenantry.spare_schemas (cell, schema_version, created_at);
+-- Sign-up from the warm pool no longer renames a spare (spares keep their opaque names
+-- and are claimed with pure DML, see tenantry.provisioning.spares); the function that did
+-- is dropped from databases bootstrapped before.
+DROP FUNCTION IF EXISTS tenantry.claim_or_build_schema(text, text, text, text);
 -- Fleet migrations (tenantry.migrations). The ledger of tenant schemas is
 -- tenants.schema_version; the control plane's own chain has one ledger row here. Each
 -- migration transaction starts with a compare-and-set through these functions, so a step

@@ -86,6 +86,7 @@ tenantry is up — HR API on http://localhost:{port}  (docs: http://localhost:{p
   curl -H 'X-Tenant-ID: acme' http://localhost:{port}/api/employees
   curl http://globex.localhost:{port}/api/departments
   curl -H 'Authorization: Bearer {acme}' http://localhost:{port}/api/leave-requests
+  curl http://localhost:{port}/metrics        # Prometheus metrics, tenant label bounded
 
   tokens: .venv/bin/tenantry token acme --role admin   |   .venv/bin/tenantry token --platform-admin
   Ctrl-C stops everything; data stays in the data folder.
@@ -147,7 +148,13 @@ def up(
         factory: Any = load_object(app_spec or env.get("TENANTRY_APP", DEFAULT_APP), "--app")
         app = factory(settings)
         _banner(port, TokenService(settings.auth))
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+        # uvicorn logs through tenantry's JSON logging (the app factory configured it); the
+        # access log is tenantry's own line, which names the tenant.
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, host=host, port=port, log_level="info", log_config=None, access_log=False
+            )
+        )
         # uvicorn re-raises Ctrl-C after a graceful shutdown; that is a clean stop.
         with contextlib.suppress(KeyboardInterrupt):
             server.run()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +23,8 @@ class Database:
     def __init__(self, settings: DatabaseSettings) -> None:
         self.settings = settings
         self.default_cell = settings.cell
+        # Called with the tenant and the seconds each tenant transaction took (metrics).
+        self.on_transaction: Callable[[TenantContext, float], None] | None = None
         self.cells: dict[str, Cell] = {
             settings.cell: Cell(
                 settings.cell,
@@ -69,10 +72,16 @@ class Database:
         """
         ctx = ctx or current_tenant()
         begin = SNAPSHOT_BEGIN if snapshot else READONLY_BEGIN if readonly else PLAIN_BEGIN
-        async with run_transaction(
-            self.cell(ctx.cell).app_pool, begin_statement(ctx, begin)
-        ) as conn:
-            yield conn
+        observe = self.on_transaction
+        start = time.perf_counter()
+        try:
+            async with run_transaction(
+                self.cell(ctx.cell).app_pool, begin_statement(ctx, begin)
+            ) as conn:
+                yield conn
+        finally:
+            if observe is not None:
+                observe(ctx, time.perf_counter() - start)
 
     @asynccontextmanager
     async def transaction(

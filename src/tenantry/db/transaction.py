@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,19 @@ from psycopg_pool import AsyncConnectionPool
 
 from tenantry.db.errors import TransactionAbortedError
 
+_current: contextvars.ContextVar[AsyncConnection[Any] | None] = contextvars.ContextVar(
+    "tenantry_transaction", default=None
+)
+
+
+def current_transaction() -> AsyncConnection[Any] | None:
+    """The connection of the innermost transaction this task opened, or ``None``.
+
+    What lets ``platform.events.publish(...)`` join the caller's transaction without being
+    handed the connection: the event commits, or rolls back, with the business write.
+    """
+    return _current.get()
+
 
 @asynccontextmanager
 async def run_transaction(
@@ -26,6 +40,7 @@ async def run_transaction(
     """Borrow a connection, run ``begin``, yield, then commit (or roll back on error)."""
     async with pool.connection() as conn:
         await conn.execute(begin)
+        token = _current.set(conn)
         try:
             yield conn
         except BaseException:
@@ -34,6 +49,10 @@ async def run_transaction(
                 with contextlib.suppress(OperationalError):
                     await conn.execute("ROLLBACK")
             raise
+        finally:
+            # A framework may close the block in another context (a copy): nothing to undo.
+            with contextlib.suppress(ValueError):
+                _current.reset(token)
         status = conn.info.transaction_status
         if status == TransactionStatus.INERROR:
             await conn.execute("ROLLBACK")

@@ -1,10 +1,12 @@
-"""``python -m tenantry.devstack {start|stop|status} [postgres|valkey|valkey-cluster|kafka ...]``.
+"""``python -m tenantry.devstack {start|stop|status} [SERVICE ...]``: postgres, valkey,
+valkey-cluster, kafka, prometheus.
 
 The engine behind ``scripts/services``: idempotent start/stop of the real services the
 test suite needs, all data under one folder (``$TENANTRY_SERVICES_DIR``, default
 ``.services``). Ports come from ``$TENANTRY_TEST_PG_PORT`` / ``$TENANTRY_TEST_VALKEY_PORT``
 / ``$TENANTRY_TEST_VALKEY_CLUSTER_PORTS`` (comma-separated, three or more) /
-``$TENANTRY_TEST_KAFKA_PORT`` (the controller listens on the next port).
+``$TENANTRY_TEST_KAFKA_PORT`` (the controller listens on the next port) /
+``$TENANTRY_TEST_PROMETHEUS_PORT``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from pathlib import Path
 from tenantry.devstack.errors import ServiceError
 from tenantry.devstack.kafka import KafkaService
 from tenantry.devstack.postgres import PostgresService
+from tenantry.devstack.prometheus import PrometheusService
 from tenantry.devstack.valkey import ValkeyService
 from tenantry.devstack.valkey_cluster import DEFAULT_PORTS, ValkeyClusterService
 
-USAGE = "usage: scripts/services {start|stop|status} [postgres|valkey|valkey-cluster|kafka ...]"
+USAGE = (
+    "usage: scripts/services {start|stop|status} "
+    "[postgres|valkey|valkey-cluster|kafka|prometheus ...]"
+)
 
 
 def _ports(raw: str | None) -> tuple[int, ...]:
@@ -30,7 +36,10 @@ def _ports(raw: str | None) -> tuple[int, ...]:
 
 def services(
     root: Path,
-) -> dict[str, PostgresService | ValkeyService | ValkeyClusterService | KafkaService]:
+) -> dict[
+    str,
+    PostgresService | ValkeyService | ValkeyClusterService | KafkaService | PrometheusService,
+]:
     """The services this project's tests use, keyed by name."""
     return {
         "postgres": PostgresService(
@@ -45,6 +54,10 @@ def services(
         ),
         "kafka": KafkaService(
             root / "kafka", port=int(os.environ.get("TENANTRY_TEST_KAFKA_PORT", "19092"))
+        ),
+        "prometheus": PrometheusService(
+            root / "prometheus",
+            port=int(os.environ.get("TENANTRY_TEST_PROMETHEUS_PORT", "19090")),
         ),
     }
 

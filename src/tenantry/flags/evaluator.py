@@ -48,6 +48,8 @@ class FlagEvaluator:
     def __init__(self) -> None:
         self._flags: dict[str, CompiledFlag] = {}
         self._subscribers: list[ChangeCallback] = []
+        # Told (flag key, variant) after each evaluation from a flag (metrics).
+        self.on_evaluation: Callable[[str, str], None] | None = None
 
     # -- evaluation (hot path) ------------------------------------------------------------
     def evaluate(self, key: str, tenant: TenantContext | None = None) -> Resolution:
@@ -60,7 +62,7 @@ class FlagEvaluator:
             if tenant is None:
                 return _no_tenant(flag, None)
         try:
-            return flag.evaluate(tenant)
+            return self._observed(flag.evaluate(tenant))
         except Exception as exc:  # a bad attribute value must not fail the request
             return _failed(flag, None, exc)
 
@@ -92,9 +94,14 @@ class FlagEvaluator:
             if tenant is None:
                 return _no_tenant(flag, default)
         try:
-            return flag.evaluate(tenant)
+            return self._observed(flag.evaluate(tenant))
         except Exception as exc:
             return _failed(flag, default, exc)
+
+    def _observed(self, resolution: Resolution) -> Resolution:
+        if self.on_evaluation is not None:
+            self.on_evaluation(resolution.key, resolution.variant or str(resolution.reason))
+        return resolution
 
     def is_enabled(
         self, key: str, default: bool = False, tenant: TenantContext | None = None
@@ -108,7 +115,7 @@ class FlagEvaluator:
             if tenant is None:
                 return default
         try:
-            value: bool = flag.evaluate(tenant).value
+            value: bool = self._observed(flag.evaluate(tenant)).value
         except Exception:
             return default
         return value

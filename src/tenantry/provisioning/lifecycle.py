@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,8 @@ class TenantLifecycle:
         self.listeners: list[TenantListener] = []
 
     def creation_script(self, tenant: Tenant, actor: str) -> str:
-        """The single message that creates ``tenant`` (exposed for ``--dry-run`` and tests)."""
+        """The single message that builds ``tenant`` from scratch (exposed for ``--dry-run``
+        and tests); a sign-up from the warm pool is :data:`~.spares.CLAIM_SQL` instead."""
         ctx = tenant.context()
         values = ", ".join(
             _lit(v)
@@ -87,27 +89,20 @@ class TenantLifecycle:
             f"coalesce({_lit(v)}::timestamptz, now())"
             for v in (tenant.created_at, tenant.updated_at)
         )
-        detail = json.dumps({"tier": tenant.tier.value, "schema_version": tenant.schema_version})
+        detail = json.dumps(
+            {
+                "tier": tenant.tier.value,
+                "schema_version": tenant.schema_version,
+                "schema_source": "built",
+            }
+        )
         ddl = self.schema.provision_sql(tenant.schema_name, self.db.settings.app_role)
-        if self.spares is None:
-            build = f"{ddl}\n"
-            source = _lit("built")
-        else:
-            # Rename a spare if one is in stock, else build: decided in the database, inside
-            # this same transaction and message.
-            build = ""
-            source = (
-                "tenantry.claim_or_build_schema("
-                f"{_lit(tenant.schema_name)}, {_lit(tenant.schema_version)}, "
-                f"{_lit(tenant.cell)}, {_lit(ddl)})"
-            )
         return (
-            f"{begin_statement(ctx)};\n{build}"
+            f"{begin_statement(ctx)};\n{ddl}\n"
             "INSERT INTO tenantry.tenants (id, slug, name, tier, ring, status, isolation, cell, "
             f"schema_name, schema_version, created_at, updated_at) VALUES ({values}, {stamps});\n"
-            "INSERT INTO tenantry.lifecycle_log (tenant_id, action, actor, detail) SELECT "
-            f"{_lit(tenant.id)}, 'create', {_lit(actor)}, "
-            f"{_lit(detail)}::jsonb || jsonb_build_object('schema_source', {source});\n"
+            "INSERT INTO tenantry.lifecycle_log (tenant_id, action, actor, detail) VALUES "
+            f"({_lit(tenant.id)}, 'create', {_lit(actor)}, {_lit(detail)}::jsonb);\n"
             f"SELECT pg_notify({_lit(NOTIFY_CHANNEL)}, {_lit(str(tenant.id))});\n"
             "COMMIT;"
         )
@@ -124,8 +119,12 @@ class TenantLifecycle:
     ) -> Tenant:
         """Provision a tenant: catalog row, schema, tables, RLS and grants, atomically.
 
-        With ``exist_ok``, an existing tenant with this slug and tier is returned instead of
-        raising :class:`TenantExistsError` (so a retried create is idempotent).
+        With a warm pool (``spares``) in stock this claims a spare schema in one statement
+        (the tenant's schema is then the spare's opaque name, see
+        :mod:`~tenantry.provisioning.spares`); otherwise it builds ``t_<slug>`` in one
+        transaction. With ``exist_ok``, an existing tenant with this slug and tier is
+        returned instead of raising :class:`TenantExistsError` (so a retried create is
+        idempotent).
         """
         validate_slug(slug)
         tier = Tier(tier)
@@ -146,12 +145,16 @@ class TenantLifecycle:
             created_at=now,
             updated_at=now,
         )
-        script = self.creation_script(tenant, actor)
         async with self.db.cell(tenant.cell).owner_pool.connection() as conn:
             try:
-                await conn.execute(script.encode())
+                spare = await self.spares.claim(conn, tenant, actor) if self.spares else None
+                if spare is not None:
+                    tenant = replace(tenant, schema_name=spare)
+                else:
+                    await conn.execute(self.creation_script(tenant, actor).encode())
             except (pg_errors.UniqueViolation, pg_errors.DuplicateSchema):
-                await conn.execute("ROLLBACK")
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    await conn.execute("ROLLBACK")
                 existing = await self.catalog.find(conn, slug)
                 if existing is None:
                     raise ProvisioningError(

@@ -1,34 +1,71 @@
 """Spare schemas: ready-built, unassigned tenant schemas kept in stock.
 
 Building a tenant schema is DDL-heavy (every table, index and sequence is a catalog entry
-and a file). With a stock of spares, creating a tenant renames one
-(``tenantry.claim_or_build_schema``) inside the creation transaction, so the customer-
-facing cost is a rename plus the catalog row; the stock is refilled in the background,
-off the request path. Spares are interchangeable because nothing in a tenant schema names
-its tenant: ``tenant_id`` defaults to ``current_setting('app.tenant_id')`` and the RLS
-policy compares against the same setting.
+and a file: 30-45 ms for the reference 15-table schema). With a stock of spares, signing
+up a tenant is a claim: **one statement, pure DML, one round trip** (:data:`CLAIM_SQL`)
+that takes the oldest spare (``FOR UPDATE SKIP LOCKED``, so concurrent sign-ups never get
+the same one), removes it from the stock and writes the tenant's catalog row and its
+lifecycle log entry. One statement is one transaction: a crash leaves either the spare in
+stock or the tenant created with it, never both or neither. No DDL runs at sign-up: spares
+are built under opaque names (``ts_<16 hex>``) and keep them, because the catalog maps a
+tenant to its schema (``tenants.schema_name``); a tenant built from scratch (no spare in
+stock) gets ``t_<slug>``. The two can never collide: ``t_`` + a slug always has ``_`` in
+second place. The stock is refilled in the background, off the request path.
+
+Spares are interchangeable because nothing in a tenant schema names its tenant:
+``tenant_id`` defaults to ``current_setting('app.tenant_id')`` and the RLS policy compares
+against the same setting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 
+from tenantry.catalog.models import Tenant
+from tenantry.catalog.schema import NOTIFY_CHANNEL
 from tenantry.context import TenantContext
 from tenantry.db import CompiledTenantSchema, Database
 from tenantry.db.binding import begin_statement
 
 logger = logging.getLogger("tenantry.provisioning.spares")
 
-SPARE_PREFIX = "tenantry_spare_"
+SPARE_PREFIX = "ts_"
 FILL_LOCK = 0x7E4A48  # one filler at a time per database
 _NOBODY = UUID(int=0)
+
+CLAIM_SQL = f"""
+WITH spare AS (
+    DELETE FROM tenantry.spare_schemas WHERE schema_name = (
+        SELECT s.schema_name FROM tenantry.spare_schemas s
+        WHERE s.cell = %(cell)s AND s.schema_version = %(version)s
+        ORDER BY s.created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) RETURNING schema_name
+), tenant AS (
+    INSERT INTO tenantry.tenants (id, slug, name, tier, ring, status, isolation, cell,
+                                  schema_name, schema_version, created_at, updated_at)
+    SELECT %(id)s, %(slug)s, %(name)s, %(tier)s, %(ring)s, %(status)s, %(isolation)s,
+           %(cell)s, spare.schema_name, %(version)s, %(at)s, %(at)s
+    FROM spare
+    RETURNING id, schema_name
+), logged AS (
+    INSERT INTO tenantry.lifecycle_log (tenant_id, action, actor, detail)
+    SELECT id, 'create', %(actor)s, %(detail)s::jsonb FROM tenant
+)
+SELECT schema_name, pg_notify('{NOTIFY_CHANNEL}', id::text) FROM tenant
+"""
+"""Claim a spare for a new tenant: one statement (so one transaction), pure DML. Returns
+the spare's name, or no row when the stock is empty (the caller then builds the schema).
+The ``NOTIFY`` tells other processes' tenant directories to drop a cached "unknown
+tenant" answer for this slug; it is delivered at commit, or not at all."""
 
 
 def _lit(value: object) -> str:
@@ -39,12 +76,20 @@ class SparePool:
     """The stock of spare schemas of one cell, and its background refiller."""
 
     def __init__(
-        self, db: Database, schema: CompiledTenantSchema, *, target: int, cell: str | None = None
+        self,
+        db: Database,
+        schema: CompiledTenantSchema,
+        *,
+        target: int,
+        cell: str | None = None,
+        synchronous: bool = True,
     ) -> None:
         self.db = db
         self.schema = schema
         self.target = target
         self.cell = cell or db.default_cell
+        # See ProvisioningSettings.synchronous_claims: whether a claim waits for its WAL flush.
+        self.synchronous = synchronous
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -68,6 +113,41 @@ class SparePool:
             "INSERT INTO tenantry.spare_schemas (schema_name, schema_version, cell) VALUES "
             f"({_lit(name)}, {_lit(self.schema.head)}, {_lit(self.cell)});\nCOMMIT;"
         )
+
+    async def claim(self, conn: AsyncConnection[Any], tenant: Tenant, actor: str) -> str | None:
+        """Give ``tenant`` a spare schema and create its catalog row, in one round trip;
+        ``None`` if no spare is in stock. ``conn`` must be an owner connection in autocommit
+        mode (the statement is its own transaction)."""
+        detail = {
+            "tier": tenant.tier.value,
+            "schema_version": tenant.schema_version,
+            "schema_source": "spare",
+        }
+        params = {
+            "id": tenant.id,
+            "slug": tenant.slug,
+            "name": tenant.name,
+            "tier": tenant.tier.value,
+            "ring": tenant.ring,
+            "status": tenant.status.value,
+            "isolation": tenant.isolation.value,
+            "cell": tenant.cell,
+            "version": tenant.schema_version,
+            "at": tenant.created_at,
+            "actor": actor,
+            "detail": json.dumps(detail),
+        }
+        if self.synchronous:
+            cur = await conn.execute(CLAIM_SQL, params, prepare=True)
+        else:
+            # Still one round trip: the four statements leave as one pipelined batch.
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                await conn.execute("SET LOCAL synchronous_commit = off", prepare=True)
+                cur = await conn.execute(CLAIM_SQL, params, prepare=True)
+                await conn.execute("COMMIT")
+        row = await cur.fetchone()
+        return str(row[0]) if row else None
 
     async def fill(
         self, target: int | None = None, *, on_built: Callable[[int, int], None] | None = None

@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse, Response
 
 from tenantry.db import TenantSchema
 from tenantry.errors import TenantryError
+from tenantry.observability.logging import configure_logging
+from tenantry.observability.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tenantry.platform import Platform
 from tenantry.settings import Settings
 from tenantry.web.admin import router as admin_router
@@ -21,6 +23,8 @@ from tenantry.web.auth import TokenService
 from tenantry.web.errors import problem_for, problem_response
 from tenantry.web.flag_admin import router as flag_admin_router
 from tenantry.web.middleware import DEFAULT_EXEMPT, TenantMiddleware
+from tenantry.web.observability import ObservabilityMiddleware
+from tenantry.web.observability_admin import router as observability_admin_router
 from tenantry.web.ratelimit import RateLimitMiddleware
 from tenantry.web.resolver import ChainResolver, TenantResolver
 
@@ -40,6 +44,7 @@ def create_app(
 
     ``routers`` hold the product's own routes; they run with a tenant bound.
     """
+    configure_logging(settings.log)
     platform = Platform(settings, tenant_schema)
     tokens = TokenService(settings.auth)
 
@@ -65,6 +70,19 @@ def create_app(
         ),
         exempt=exempt,
     )
+    # Outermost: it times, counts and logs every request, refused ones included. With
+    # metrics, traces, access log and usage all off there is nothing for it to do.
+    if (
+        settings.metrics.enabled
+        or settings.tracing.enabled
+        or settings.log.access_log
+        or settings.usage.enabled
+    ):
+        app.add_middleware(
+            ObservabilityMiddleware,
+            observability=platform.observability,
+            access_log=settings.log.access_log,
+        )
     _install_error_handlers(app)
     # Routes match in order: the product's, which carry the traffic, go first.
     for router in routers:
@@ -76,7 +94,14 @@ def create_app(
         ok = report["postgres"] == "ok"
         return JSONResponse({"status": "ok" if ok else "degraded", **report}, 200 if ok else 503)
 
+    if settings.metrics.enabled:
+
+        @app.get("/metrics", tags=["platform"], include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(platform.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     app.include_router(admin_router)
+    app.include_router(observability_admin_router)
     app.include_router(flag_admin_router)
     return app
 

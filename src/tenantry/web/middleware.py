@@ -12,6 +12,7 @@ from tenantry.web.resolver import TenantResolver
 
 PRINCIPAL_KEY = "tenantry.principal"
 TENANT_KEY = "tenantry.tenant"
+CONTEXT_KEY = "tenantry.context"
 DEFAULT_EXEMPT = ("/health", "/docs", "/redoc", "/openapi.json", "/admin", "/metrics")
 
 
@@ -49,6 +50,7 @@ class TenantMiddleware:
         state = scope.setdefault("state", {})
         state[PRINCIPAL_KEY] = resolution.principal
         state[TENANT_KEY] = resolution.tenant
+        state[CONTEXT_KEY] = resolution.context  # for the observability middleware
         token = bind_tenant(resolution.context)
         try:
             await self.app(scope, receive, send)

@@ -45,10 +45,11 @@ class RateLimitMiddleware:
             return
         if not decision.allowed:
             code, message = _CODES[decision.reason or "rate"]
+            scope.setdefault("state", {})["tenantry.rate_limited"] = decision.reason or "rate"
             response = problem_response(429, code, message, headers=dict(decision.headers()))
             await response(scope, receive, send)
             return
-        extra = [(name.lower().encode(), value.encode()) for name, value in decision.headers()]
+        extra = decision.raw_headers()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start" and extra:

@@ -1,0 +1,484 @@
+"""Events: outbox relay throughput and commit-to-handler latency, against the raw producer.
+
+Measured in one run, on one broker and one PostgreSQL (real ones, on loopback):
+
+1. **Raw producer rate** (the upper bound): the Kafka client alone sends the records the
+   relay would send (same topic, key, value and headers; idempotent, ``acks=all``), no
+   database involved. For both clients: confluent-kafka and aiokafka.
+2. **Relay throughput**: a backlog of committed events in the outbox drained to Kafka by
+   ``OutboxRelay`` (claim with ``FOR UPDATE SKIP LOCKED``, produce, wait for the acks,
+   commit), with each client; reported as events/s and as a ratio to that client's raw
+   rate.
+3. **End-to-end latency**: events published at a steady rate (one per transaction), each
+   timed from its transaction's COMMIT returning to its handler starting, through relay,
+   Kafka and a tenantry consumer (inbox, tenant transaction), all in this process. Also
+   through the embedded mode (no broker: the consumer reads the outbox).
+
+Usage: ``.venv/bin/python bench/events.py`` (``scripts/services start postgres kafka``
+first). Nothing is asserted; medians of ``--rounds`` rounds are printed with ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Producer
+from psycopg import AsyncConnection
+
+from _common import (
+    REPO_DIR,
+    base_parser,
+    environment,
+    note,
+    percentile,
+    print_table,
+    public_config,
+    ratio,
+    throwaway_database,
+    write_results,
+)
+from hr_example import HR_SCHEMA
+from tenantry import Platform, Settings, tenant_scope
+from tenantry.catalog import Tenant
+from tenantry.events import Event, EventHandlers, NewEvent
+from tenantry.events.kafka import DeliveryTracker, TopicAdmin, flush_all, producer_config
+from tenantry.events.relay import OutboxRelay, Record
+
+DEFAULT_KAFKA = "127.0.0.1:19092"
+TENANTS = 8
+
+
+def _aio_config(bootstrap: str) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": bootstrap,
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 2,
+        "compression_type": "lz4" if _has_lz4() else None,
+        "max_batch_size": 1_048_576,
+    }
+
+
+def _has_lz4() -> bool:
+    try:
+        import lz4  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class AioKafkaRelay(OutboxRelay):
+    """The same relay (claim, records, commit) producing with aiokafka instead."""
+
+    def __init__(self, db: Any, settings: Any, producer: AIOKafkaProducer) -> None:
+        super().__init__(db, settings)
+        self.aio = producer
+
+    async def deliver(self, records: list[Record]) -> None:
+        futures = [
+            await self.aio.send(topic, value=value, key=key, headers=headers)
+            for topic, key, value, headers in records
+        ]
+        await asyncio.gather(*futures)
+
+
+# -- raw producer rates ---------------------------------------------------------------------
+def _records(relay: OutboxRelay, topic: str, count: int, tenants: list[Tenant]) -> list[Record]:
+    """Records exactly like the relay's, without a database."""
+    from datetime import UTC, datetime
+
+    from tenantry.events.envelope import format_time, uuid7
+
+    now = datetime.now(UTC)
+    rows = [  # the columns OutboxRelay.claim returns
+        (
+            i,
+            str(uuid7()),
+            str(tenants[i % len(tenants)].id),
+            "pro",
+            "bench.created",
+            topic,
+            None,
+            "1",
+            now,
+            None,
+            f'{{"i": {i}, "name": "employee", "department_id": 7}}',
+            format_time(now),
+        )
+        for i in range(count)
+    ]
+    return [relay.record(row) for row in rows]
+
+
+def raw_confluent(bootstrap: str, records: list[Record]) -> float:
+    """Events/s of confluent-kafka alone (produce everything, wait for every ack)."""
+    producer = Producer(producer_config(bootstrap))
+    tracker = DeliveryTracker()
+    start = time.perf_counter()
+    for topic, key, value, headers in records:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=tracker)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    flush_all(producer, tracker, 120.0)
+    return len(records) / (time.perf_counter() - start)
+
+
+async def raw_aiokafka(bootstrap: str, records: list[Record]) -> float:
+    """Events/s of aiokafka alone."""
+    producer = AIOKafkaProducer(**_aio_config(bootstrap))
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        futures = [
+            await producer.send(topic, value=value, key=key, headers=headers)
+            for topic, key, value, headers in records
+        ]
+        await asyncio.gather(*futures)
+        return len(records) / (time.perf_counter() - start)
+    finally:
+        await producer.stop()
+
+
+# -- relay throughput -----------------------------------------------------------------------
+async def fill_outbox(platform: Platform, tenants: list[Tenant], count: int) -> None:
+    """``count`` committed events, in transactions of 500, spread over the tenants."""
+    per = 500
+    for start in range(0, count, per):
+        tenant = tenants[(start // per) % len(tenants)]
+        with tenant_scope(tenant.context()):
+            async with platform.db.tenant_transaction():
+                await platform.events.publish_many(
+                    NewEvent("bench.created", {"i": i, "name": "employee", "department_id": 7})
+                    for i in range(start, min(start + per, count))
+                )
+
+
+async def drain(relay: OutboxRelay) -> float:
+    """Events/s of ``relay`` draining the whole outbox."""
+    start = time.perf_counter()
+    moved = 0
+    while True:
+        got = await relay.relay_batch()
+        moved += got
+        if got == 0:
+            break
+    return moved / (time.perf_counter() - start)
+
+
+async def _until(condition: Any, seconds: float) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+
+
+# -- latency --------------------------------------------------------------------------------
+async def publish_at_rate(
+    url: str, slugs: list[str], rate: float, seconds: float, out: str
+) -> None:
+    """The publisher process: one event per transaction at ``rate``/s (open loop: each
+    at its scheduled time), writing ``{event id: COMMIT-returned wall time}`` to ``out``."""
+    platform = Platform(Settings.from_env({**os.environ, "DATABASE_URL": url}), HR_SCHEMA)
+    await platform.start(listen=False, bootstrap=False)
+    committed: dict[str, float] = {}
+    try:
+        tenants = [await platform.tenants.get(slug) for slug in slugs]
+        gate = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            async with gate:
+                with tenant_scope(tenants[i % len(tenants)].context()):
+                    async with platform.db.tenant_transaction():
+                        event_id = await platform.events.publish("latency.probe", {"i": i})
+                committed[str(event_id)] = time.time()
+
+        total = int(rate * seconds)
+        pending: list[asyncio.Task[None]] = []
+        started = time.time()
+        start = time.perf_counter()
+        for i in range(total):
+            pause = start + i / rate - time.perf_counter()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            pending.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*pending)
+        ended = time.time()
+    finally:
+        await platform.stop()
+    document = {"committed": committed, "started": started, "ended": ended}
+    await asyncio.to_thread(Path(out).write_text, json.dumps(document))
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # This script itself (the publisher) and the tenantry CLI (the relay): no input in them.
+    return subprocess.Popen(args, env={**os.environ, **env}, cwd=REPO_DIR)  # noqa: S603
+
+
+async def latency(
+    platform: Platform, tenants: list[Tenant], args: Any, group: str
+) -> tuple[list[float], float]:
+    """Commit-to-handler latencies (ms): a publisher process, a relay process (Kafka mode)
+    and this process's consumer, as they would run in production."""
+    handled: dict[str, float] = {}
+    handlers = EventHandlers(group)
+
+    @handlers.on("latency.probe")
+    async def probe(event: Event, conn: AsyncConnection[Any]) -> None:
+        handled[str(event.id)] = time.time()
+
+    consumer = platform.events.consumer(group, handlers)
+    tasks = [asyncio.create_task(consumer.run())]
+    env = {
+        "DATABASE_URL": platform.settings.database.url,
+        "TENANTRY_EVENTS_TOPIC_PREFIX": platform.settings.events.topic_prefix,
+        "TENANTRY_KAFKA_BOOTSTRAP": platform.settings.events.kafka_bootstrap or "",
+        "TENANTRY_DATA_DIR": str(REPO_DIR / ".tenantry-bench"),
+    }
+    relay = None
+    if not platform.events.embedded:
+        relay = _spawn([str(Path(sys.executable).parent / "tenantry"), "relay"], env)
+    outs = [
+        REPO_DIR / "bench" / "results" / f".committed-{group}-{k}.json"
+        for k in range(args.publishers)
+    ]
+    outs[0].parent.mkdir(parents=True, exist_ok=True)
+    committed: dict[str, float] = {}
+    achieved = float("nan")
+    try:
+        await asyncio.wait_for(consumer.active.wait(), 60)
+        await asyncio.sleep(2.0)  # the relay's start-up
+        # Several publisher processes share the rate: one Python process cannot publish
+        # 1,000 transactions a second on a small machine.
+        publishers = [
+            _spawn(
+                [
+                    sys.executable,
+                    __file__,
+                    "--publisher",
+                    out.name,
+                    "--rate",
+                    str(args.rate / args.publishers),
+                    "--seconds",
+                    str(args.seconds),
+                    "--tenants",
+                    ",".join(t.slug for t in tenants),
+                ],
+                env,
+            )
+            for out in outs
+        ]
+        for publisher in publishers:
+            code = await asyncio.to_thread(publisher.wait)
+            if code != 0:
+                raise SystemExit(f"a publisher process failed ({code})")
+        starts, ends = [], []
+        for out in outs:
+            document = json.loads(await asyncio.to_thread(out.read_text))
+            committed.update(document["committed"])
+            starts.append(document["started"])
+            ends.append(document["ended"])
+        achieved = len(committed) / (max(ends) - min(starts))
+        await _until(lambda: committed.keys() <= handled.keys(), 30.0)
+        note(
+            f"published {len(committed)} at {achieved:,.0f}/s; "
+            f"handled {len(committed.keys() & handled.keys())}"
+        )
+    finally:
+        if relay is not None:
+            relay.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(relay.wait)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for out in outs:
+            await asyncio.to_thread(out.unlink, missing_ok=True)
+    return [(handled[k] - t) * 1000.0 for k, t in committed.items() if k in handled], achieved
+
+
+async def run(args: Any, url: str) -> dict[str, Any]:
+    base = Settings.from_env({"DATABASE_URL": url, "TENANTRY_DB_POOL_MAX": "20"})
+    prefix = f"bench{secrets.token_hex(3)}."
+    events = replace(
+        base.events,
+        kafka_bootstrap=args.kafka,
+        topic_prefix=prefix,
+        topic_partitions=6,
+        relay_batch=args.batch,
+        consume_in_app=False,
+    )
+    platform = Platform(replace(base, events=events), HR_SCHEMA)
+    await platform.start(listen=False)
+    try:
+        tenants = [await platform.tenants.create(f"bench{i}", tier="pro") for i in range(TENANTS)]
+        admin = TopicAdmin(args.kafka, partitions=6)
+        await admin.ensure([prefix + "bench", prefix + "latency"])
+        relay = platform.events.relay()
+        records = _records(relay, prefix + "bench", args.events, tenants)
+        results: dict[str, list[float]] = {
+            k: [] for k in ("raw_confluent", "raw_aiokafka", "relay_confluent", "relay_aiokafka")
+        }
+        aio = AIOKafkaProducer(**_aio_config(args.kafka))
+        await aio.start()
+        try:
+            aio_relay = AioKafkaRelay(platform.db, events, aio)
+            for round_ in range(args.rounds):
+                note(f"round {round_ + 1}/{args.rounds}")
+                results["raw_confluent"].append(
+                    await asyncio.to_thread(raw_confluent, args.kafka, records)
+                )
+                results["raw_aiokafka"].append(await raw_aiokafka(args.kafka, records))
+                await fill_outbox(platform, tenants, args.events)
+                results["relay_confluent"].append(await drain(relay))
+                await fill_outbox(platform, tenants, args.events)
+                results["relay_aiokafka"].append(await drain(aio_relay))
+        finally:
+            await aio.stop()
+        medians = {k: statistics.median(v) for k, v in results.items()}
+        note(f"latency at {args.rate:g}/s through Kafka")
+        kafka_ms, kafka_rate = await latency(platform, tenants, args, "bench-latency")
+        embedded = Platform(replace(base, events=replace(events, kafka_bootstrap=None)), HR_SCHEMA)
+        await embedded.start(listen=False, bootstrap=False)
+        try:
+            note(f"latency at {args.rate:g}/s through the outbox log (embedded)")
+            embedded_ms, embedded_rate = await latency(embedded, tenants, args, "bench-emb")
+        finally:
+            await embedded.stop()
+    finally:
+        await platform.stop()
+    return {
+        "throughput": results,
+        "medians": medians,
+        "latency_kafka_ms": kafka_ms,
+        "latency_embedded_ms": embedded_ms,
+        "rate_kafka": kafka_rate,
+        "rate_embedded": embedded_rate,
+    }
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0] if __doc__ else "events")
+    parser.add_argument("--kafka", default=DEFAULT_KAFKA, help="Kafka bootstrap servers")
+    parser.add_argument("--events", type=int, default=30_000, help="events per throughput run")
+    parser.add_argument("--batch", type=int, default=5_000, help="relay batch size")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=1000.0, help="events/s for latency")
+    parser.add_argument("--seconds", type=float, default=5.0, help="latency run length")
+    parser.add_argument("--publishers", type=int, default=4, help="publisher processes")
+    parser.add_argument("--publisher", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tenants", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.publisher:  # the publisher process of the latency run
+        asyncio.run(
+            publish_at_rate(
+                os.environ["DATABASE_URL"],
+                args.tenants.split(","),
+                args.rate,
+                args.seconds,
+                str(REPO_DIR / "bench" / "results" / args.publisher),
+            )
+        )
+        return
+    with throwaway_database(args.admin_url, "bench_events", keep=args.keep_database) as url:
+        out = asyncio.run(run(args, url))
+    m = out["medians"]
+    print_table(
+        f"Throughput, {args.events:,} events per run, median of {args.rounds} (events/s)",
+        ["path", "confluent-kafka", "aiokafka", "confluent / aiokafka"],
+        [
+            [
+                "raw producer (no database)",
+                m["raw_confluent"],
+                m["raw_aiokafka"],
+                ratio(m["raw_confluent"], m["raw_aiokafka"]),
+            ],
+            [
+                "outbox relay",
+                m["relay_confluent"],
+                m["relay_aiokafka"],
+                ratio(m["relay_confluent"], m["relay_aiokafka"]),
+            ],
+            [
+                "relay / raw",
+                ratio(m["relay_confluent"], m["raw_confluent"]),
+                ratio(m["relay_aiokafka"], m["raw_aiokafka"]),
+                "",
+            ],
+        ],
+    )
+    rows = []
+    for name, values, achieved in (
+        ("Kafka (relay + consumer)", out["latency_kafka_ms"], out["rate_kafka"]),
+        ("embedded (outbox log)", out["latency_embedded_ms"], out["rate_embedded"]),
+    ):
+        rows.append(
+            [
+                name,
+                achieved,
+                len(values),
+                percentile(values, 50),
+                percentile(values, 99),
+                max(values) if values else float("nan"),
+            ]
+        )
+    print_table(
+        f"Commit -> handler latency, {args.rate:g} events/s asked for {args.seconds:g} s (ms)",
+        ["path", "published/s", "events", "p50", "p99", "max"],
+        rows,
+    )
+    goals = [
+        ["relay >= 20,000 events/s", m["relay_confluent"] >= 20_000],
+        ["relay >= 50% of raw producer", ratio(m["relay_confluent"], m["raw_confluent"]) >= 0.5],
+        [
+            f"p99 <= 50 ms at 1,000/s (Kafka; {out['rate_kafka']:,.0f}/s reached)",
+            percentile(out["latency_kafka_ms"], 99) <= 50 and out["rate_kafka"] >= 950,
+        ],
+    ]
+    print_table("Goals (reported, not asserted)", ["goal", "met"], goals)
+    if not args.no_json:
+        path = write_results(
+            "events",
+            {
+                "config": public_config(args),
+                "environment": environment(args.admin_url),
+                "throughput": out["throughput"],
+                "medians": m,
+                "latency_ms": {
+                    "kafka": {
+                        "published_per_s": out["rate_kafka"],
+                        "p50": percentile(out["latency_kafka_ms"], 50),
+                        "p99": percentile(out["latency_kafka_ms"], 99),
+                        "n": len(out["latency_kafka_ms"]),
+                    },
+                    "embedded": {
+                        "published_per_s": out["rate_embedded"],
+                        "p50": percentile(out["latency_embedded_ms"], 50),
+                        "p99": percentile(out["latency_embedded_ms"], 99),
+                        "n": len(out["latency_embedded_ms"]),
+                    },
+                },
+            },
+        )
+        note(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

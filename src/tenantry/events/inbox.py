@@ -1,0 +1,34 @@
+"""The inbox: "this consumer has handled this event", written in the handler's transaction.
+
+A redelivered event (a crash before the offset was committed, a rebalance, a second
+relay's duplicate) finds its row and is skipped, so the handler's effects happen once.
+When two deliveries race, the second ``INSERT`` waits for the first transaction and then
+finds the row (or, if the first rolled back, takes over).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+
+
+async def claim(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bool:
+    """Record the event as handled by ``consumer`` in ``conn``'s transaction; ``False``
+    when it already was."""
+    cur = await conn.execute(
+        "INSERT INTO tenantry.inbox (consumer, event_id) VALUES (%s, %s) "
+        "ON CONFLICT (consumer, event_id) DO NOTHING",
+        (consumer, event_id),
+    )
+    return cur.rowcount == 1
+
+
+async def handled(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bool:
+    """Whether ``consumer`` has handled the event (in ``conn``'s tenant)."""
+    cur = await conn.execute(
+        "SELECT 1 FROM tenantry.inbox WHERE consumer = %s AND event_id = %s",
+        (consumer, event_id),
+    )
+    return await cur.fetchone() is not None

@@ -1,0 +1,109 @@
+"""Publishing: events join the caller's tenant-bound transaction.
+
+``publish`` writes the event to the outbox *and* appends it to the tenant's audit chain in
+the transaction that makes the business write, in one round trip (one call of
+``tenantry.publish_events``). Both commit together or not at all: a rolled-back
+transaction publishes nothing, and a committed one cannot lose its events, whatever
+happens to Kafka or to the process afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from tenantry.context import current_tenant
+from tenantry.db.transaction import current_transaction
+from tenantry.events.envelope import current_traceparent, topic_for, uuid7
+from tenantry.events.errors import InvalidEventError, NoTransactionError
+
+_PUBLISH = (
+    "SELECT tenantry.publish_events(%s, %s::uuid[], %s::text[], %s::text[], %s::text[], "
+    "%s::integer[], %s::timestamptz[], %s, %s::jsonb[])"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One event for :meth:`EventPublisher.publish_many`."""
+
+    type: str
+    payload: Any
+    key: str | None = None
+    schema_version: int = 1
+
+
+class EventPublisher:
+    """Writes events to the outbox of the transaction's database."""
+
+    def __init__(self, *, topic_prefix: str) -> None:
+        self.topic_prefix = topic_prefix
+
+    async def publish(
+        self,
+        type: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        schema_version: int = 1,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> UUID:
+        """Publish one event in the current tenant-bound transaction; returns its id.
+
+        ``type`` is ``<family>.<name>`` (the family names the Kafka topic); ``payload`` is
+        anything JSON can encode; ``key`` names what the event is about (carried as
+        ``ce_subject``; the record key is always the tenant). ``conn`` defaults to the
+        innermost transaction opened with ``platform.db.tenant_transaction()``.
+        """
+        ids = await self.publish_many([NewEvent(type, payload, key, schema_version)], conn=conn)
+        return ids[0]
+
+    async def publish_many(
+        self, events: Iterable[NewEvent], *, conn: AsyncConnection[Any] | None = None
+    ) -> list[UUID]:
+        """Publish several events, in order, in one round trip; returns their ids."""
+        batch: Sequence[NewEvent] = list(events)
+        if not batch:
+            return []
+        conn = conn or current_transaction()
+        if conn is None:
+            raise NoTransactionError(
+                "publish() needs a transaction: call it inside "
+                "'async with platform.db.tenant_transaction() as conn' (or pass conn=)"
+            )
+        tenant = current_tenant()
+        now = datetime.now(UTC)
+        ids = [uuid7() for _ in batch]
+        topics: list[str] = []
+        payloads: list[Jsonb] = []
+        for event in batch:
+            topics.append(topic_for(self.topic_prefix, event.type))
+            if event.key is not None and not isinstance(event.key, str):
+                raise InvalidEventError(f"event key must be a string, got {event.key!r}")
+            if isinstance(event.schema_version, bool) or not isinstance(event.schema_version, int):
+                raise InvalidEventError("schema_version must be an integer")
+            payloads.append(Jsonb(event.payload))
+        try:
+            await conn.execute(
+                _PUBLISH,
+                (
+                    tenant.tier,
+                    ids,
+                    [event.type for event in batch],
+                    topics,
+                    [event.key for event in batch],
+                    [event.schema_version for event in batch],
+                    [now] * len(batch),
+                    current_traceparent(),
+                    payloads,
+                ),
+            )
+        except TypeError as exc:  # json.dumps on something JSON cannot encode
+            raise InvalidEventError(f"event payload is not JSON-serialisable: {exc}") from None
+        return ids

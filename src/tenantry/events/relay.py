@@ -1,0 +1,214 @@
+"""The outbox relay: committed events from PostgreSQL to Kafka, none lost.
+
+Each round claims a batch in one transaction: ``DELETE ... RETURNING`` the oldest rows
+``FOR UPDATE SKIP LOCKED``, produces them with an idempotent producer (``acks=all``, record
+key = tenant id, envelope in headers), waits until Kafka acknowledged every record, and
+only then commits the delete. A relay that dies mid-batch (SIGKILL, lost broker) rolls
+back: the rows are claimed again and sent again, so delivery is at least once and the
+consumers' inbox makes it exactly once in effect.
+
+Several relays may run at once: a relay only takes rows of tenant shards it holds a
+transaction-scoped advisory lock on (``pg_try_advisory_xact_lock``), so one tenant's
+events are never in flight in two relays at the same time and reach Kafka in order.
+The relay sleeps on ``LISTEN tenantry_outbox`` (every publishing transaction notifies at
+commit) and drains in full batches while there is a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Producer
+from psycopg import AsyncConnection
+
+from tenantry.db import Database
+from tenantry.events.envelope import (
+    CONTENT_TYPE,
+    H_CONTENT_TYPE,
+    H_ID,
+    H_SCHEMA_VERSION,
+    H_SOURCE,
+    H_SPECVERSION,
+    H_SUBJECT,
+    H_TENANT,
+    H_TIER,
+    H_TIME,
+    H_TRACEPARENT,
+    H_TYPE,
+    SPEC_VERSION,
+)
+from tenantry.events.errors import KafkaUnavailableError
+from tenantry.events.kafka import DeliveryTracker, TopicAdmin, flush_all, producer_config
+from tenantry.events.schema import OUTBOX_CHANNEL, RELAY_LOCK, SHARDS
+from tenantry.settings import EventsSettings
+
+logger = logging.getLogger("tenantry.events.relay")
+
+Header = tuple[str, str | bytes | None]
+Record = tuple[str, bytes, bytes, list[Header]]
+"""A Kafka record: topic, key, value, headers."""
+_SPEC = SPEC_VERSION.encode()
+_CONTENT = CONTENT_TYPE.encode()
+
+_CLAIM = (
+    # The shard locks are taken once, before any row is looked at: a relay that skipped a
+    # tenant's row because another relay held its shard must not take that tenant's
+    # later rows in the same statement, after the other one committed.
+    "WITH held AS MATERIALIZED (SELECT s::smallint AS shard FROM generate_series(0, %s) s "
+    "WHERE pg_try_advisory_xact_lock(%s, s)) "
+    "DELETE FROM tenantry.outbox WHERE seq = ANY(ARRAY("
+    "SELECT seq FROM tenantry.outbox WHERE shard IN (SELECT shard FROM held) "
+    "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED)) "
+    # Header values come back as text, formatted by PostgreSQL (cheaper than in Python).
+    "RETURNING seq, event_id::text, tenant_id::text, tier, type, topic, subject, "
+    "schema_version::text, occurred_at, traceparent, payload::text, "
+    "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+)
+
+
+class OutboxRelay:
+    """Moves committed events of one cell's outbox to Kafka."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: EventsSettings,
+        *,
+        cell: str | None = None,
+        producer: Producer | None = None,
+        idle_seconds: float = 5.0,
+    ) -> None:
+        if settings.kafka_bootstrap is None:
+            raise KafkaUnavailableError("no Kafka is configured (TENANTRY_KAFKA_BOOTSTRAP)")
+        self.db = db
+        self.settings = settings
+        self.cell = cell
+        self.source = f"/tenantry/{db.cell(cell).name}".encode()
+        self.producer = producer or Producer(producer_config(settings.kafka_bootstrap))
+        self.topics = TopicAdmin(settings.kafka_bootstrap, partitions=settings.topic_partitions)
+        self.idle_seconds = idle_seconds
+        self.relayed = 0
+        self.listening = asyncio.Event()
+        # Told (tier, seconds from commit to Kafka's ack) per relayed event (metrics).
+        self.observe_lag: Callable[[str, float], None] | None = None
+
+    async def run(self) -> None:
+        """Relay until cancelled; after a database or Kafka failure, retry shortly."""
+        try:
+            while True:
+                try:
+                    await self._run()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.listening.clear()
+                    logger.warning("relay interrupted, retrying in 1 s: %s", exc)
+                    await asyncio.sleep(1.0)
+        finally:
+            await asyncio.to_thread(self.producer.flush, 5.0)
+
+    async def _run(self) -> None:
+        async with await AsyncConnection[Any].connect(
+            self.db.cell(self.cell).owner_url,
+            autocommit=True,
+            application_name="tenantry-relay",
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=3,
+            keepalives_count=3,
+        ) as listener:
+            await listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            self.listening.set()
+            while True:
+                while await self.relay_batch() >= self.settings.relay_batch:
+                    pass
+                async for _ in listener.notifies(timeout=self.idle_seconds, stop_after=1):
+                    pass
+
+    async def relay_batch(self) -> int:
+        """Claim, produce and acknowledge one batch; returns how many events it moved."""
+        async with self.db.transaction(cell=self.cell) as conn:
+            rows = await self.claim(conn)
+            if not rows:
+                return 0
+            await self.topics.ensure({row[5] for row in rows})
+            await self.deliver([self.record(row) for row in rows])
+        self.relayed += len(rows)
+        if self.observe_lag is not None:
+            now = datetime.now(UTC)
+            for row in rows:  # tier, occurred_at (a metrics hook never fails the relay)
+                if isinstance(row[8], datetime):
+                    self.observe_lag(row[3], (now - row[8]).total_seconds())
+        return len(rows)
+
+    async def claim(self, conn: AsyncConnection[Any]) -> list[Any]:
+        """Take (delete, in ``conn``'s open transaction) the next batch, oldest first."""
+        cur = await conn.execute(_CLAIM, (SHARDS - 1, RELAY_LOCK, self.settings.relay_batch))
+        rows = await cur.fetchall()
+        rows.sort(key=lambda row: row[0])
+        return rows
+
+    def record(self, row: Any) -> Record:
+        """The Kafka record of a claimed row: topic, key, value, headers."""
+        (
+            _,
+            event_id,
+            tenant_id,
+            tier,
+            event_type,
+            topic,
+            subject,
+            version,
+            _occurred_at,
+            traceparent,
+            payload,
+            occurred_text,
+        ) = row
+        key = tenant_id.encode()
+        headers: list[Header] = [
+            (H_SPECVERSION, _SPEC),
+            (H_ID, event_id.encode()),
+            (H_TYPE, event_type.encode()),
+            (H_SOURCE, self.source),
+            (H_TIME, occurred_text.encode()),
+            (H_TENANT, key),
+            (H_TIER, tier.encode()),
+            (H_SCHEMA_VERSION, version.encode()),
+            (H_CONTENT_TYPE, _CONTENT),
+        ]
+        if subject is not None:
+            headers.append((H_SUBJECT, subject.encode()))
+        if traceparent:
+            headers.append((H_TRACEPARENT, traceparent.encode()))
+        return topic, key, payload.encode(), headers
+
+    async def deliver(self, records: list[Record]) -> None:
+        """Produce ``records`` and return once Kafka acknowledged all of them (raises
+        :class:`KafkaUnavailableError` otherwise, after dropping what is still queued)."""
+        tracker = DeliveryTracker()
+        produce = self.producer.produce
+        for topic, key, value, headers in records:
+            while True:
+                try:
+                    produce(topic, value=value, key=key, headers=headers, on_delivery=tracker)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self.producer.poll(0.05)
+        try:
+            await asyncio.to_thread(flush_all, self.producer, tracker, self.producer_timeout)
+        except KafkaUnavailableError:
+            self.producer.purge()  # the batch is rolled back and claimed again
+            raise
+
+    @property
+    def producer_timeout(self) -> float:
+        """How long one batch may wait for Kafka's acknowledgements (seconds)."""
+        return 130.0
+
+    async def close(self) -> None:
+        """Deliver what is queued (bounded wait)."""
+        await asyncio.to_thread(self.producer.flush, 10.0)

@@ -1,0 +1,183 @@
+"""The events tables, in the control plane (schema ``tenantry``), one set per database.
+
+- ``tenantry.outbox``: events committed with their business writes, waiting for the relay
+  (Kafka mode) or read in place as the log (embedded mode). ``txid`` is the writing
+  transaction's id: the embedded log reads in ``(txid, seq)`` order, and only rows below
+  the oldest transaction still running, so a slow transaction cannot be skipped.
+- ``tenantry.audit_log`` / ``tenantry.audit_heads``: each tenant's hash chain of every
+  event it published, and the chain's current head (position and hash).
+- ``tenantry.inbox``: ``(consumer, event_id)`` of each event a consumer has handled,
+  written in the handler's own transaction.
+- ``tenantry.consumer_offsets``, ``tenantry.dead_letters``: the embedded log's consumer
+  positions and dead-letter queue.
+
+The application role publishes only through ``tenantry.publish_events`` (a ``SECURITY
+DEFINER`` function that takes the tenant from the transaction's ``app.tenant_id``): it
+can append events and audit entries for its own tenant, and can neither read nor change
+the outbox or the audit trail. Inbox rows it may insert, for its own tenant only (RLS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+from tenantry.catalog.bootstrap import run_bootstrap_script
+
+OUTBOX_CHANNEL = "tenantry_outbox"
+SHARDS = 64
+"""Relays lock outbox rows by shard of tenant (an advisory lock per shard) so that, with
+several relays running, one tenant's events are still produced in order."""
+RELAY_LOCK = 0x7E4A48
+CONSUMER_LOCK = 0x7E4A49
+
+EVENTS_DDL = """
+CREATE TABLE IF NOT EXISTS tenantry.outbox (
+    seq             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    txid            xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    event_id        uuid NOT NULL,
+    tenant_id       uuid NOT NULL,
+    tier            text NOT NULL,
+    type            text NOT NULL,
+    topic           text NOT NULL,
+    subject         text,
+    shard           smallint NOT NULL,
+    schema_version  integer NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    traceparent     text,
+    payload         jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_log_idx ON tenantry.outbox (txid, seq);
+CREATE TABLE IF NOT EXISTS tenantry.audit_heads (
+    tenant_id   uuid PRIMARY KEY,
+    position    bigint NOT NULL,
+    hash        bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenantry.audit_log (
+    tenant_id       uuid NOT NULL,
+    position        bigint NOT NULL,
+    event_id        uuid NOT NULL,
+    type            text NOT NULL,
+    schema_version  integer NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    payload         jsonb NOT NULL,
+    prev_hash       bytea NOT NULL,
+    hash            bytea NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, position)
+);
+CREATE TABLE IF NOT EXISTS tenantry.inbox (
+    consumer      text NOT NULL,
+    event_id      uuid NOT NULL,
+    tenant_id     uuid NOT NULL DEFAULT NULLIF(current_setting('app.tenant_id', true), '')::uuid,
+    processed_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, event_id)
+);
+ALTER TABLE tenantry.inbox ENABLE ROW LEVEL SECURITY;
+DO $tenantry$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_policies
+                   WHERE schemaname = 'tenantry' AND tablename = 'inbox'
+                   AND policyname = 'inbox_tenant') THEN
+        CREATE POLICY inbox_tenant ON tenantry.inbox
+            USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid)
+            WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid);
+    END IF;
+END $tenantry$;
+CREATE TABLE IF NOT EXISTS tenantry.consumer_offsets (
+    consumer    text PRIMARY KEY,
+    txid        xid8 NOT NULL DEFAULT '0',
+    seq         bigint NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS tenantry.dead_letters (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer    text NOT NULL,
+    event_id    uuid,
+    tenant_id   uuid,
+    type        text,
+    attempts    integer NOT NULL,
+    error       text NOT NULL,
+    envelope    jsonb NOT NULL,
+    failed_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS dead_letters_consumer_idx ON tenantry.dead_letters (consumer, id);
+-- The audit hash of one entry: sha256(previous hash || canonical text of the entry).
+-- tenantry.events.audit recomputes it in Python to verify a chain.
+CREATE OR REPLACE FUNCTION tenantry.audit_digest(
+    p_prev bytea, p_tenant uuid, p_event uuid, p_type text, p_version integer,
+    p_occurred timestamptz, p_payload jsonb
+) RETURNS bytea LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT sha256(p_prev || convert_to(concat_ws('|',
+        p_tenant::text, p_event::text, p_type, p_version::text,
+        to_char(p_occurred AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        p_payload::text), 'UTF8'))
+$fn$;
+-- Publish events for the transaction's tenant: append them to the tenant's audit chain
+-- (the head row is locked, so concurrent publishers of one tenant take turns and the chain
+-- never forks) and to the outbox, then wake relays and consumers at commit.
+CREATE OR REPLACE FUNCTION tenantry.publish_events(
+    p_tier text, p_ids uuid[], p_types text[], p_topics text[], p_subjects text[],
+    p_versions integer[], p_occurred timestamptz[], p_traceparent text, p_payloads jsonb[]
+) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    v_tenant uuid := NULLIF(current_setting('app.tenant_id', true), '')::uuid;
+    v_position bigint;
+    v_hash bytea;
+    v_shard smallint;
+    i integer;
+BEGIN
+    IF v_tenant IS NULL THEN
+        RAISE EXCEPTION 'events can only be published in a tenant-bound transaction'
+            USING ERRCODE = 'TY002';
+    END IF;
+    INSERT INTO tenantry.audit_heads AS h (tenant_id, position, hash)
+    VALUES (v_tenant, 0, '\\x0000000000000000000000000000000000000000000000000000000000000000')
+    ON CONFLICT (tenant_id) DO UPDATE SET position = h.position
+    RETURNING h.position, h.hash INTO v_position, v_hash;
+    v_shard := (hashtext(v_tenant::text) & 63)::smallint;
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        v_position := v_position + 1;
+        INSERT INTO tenantry.audit_log AS a (tenant_id, position, event_id, type, schema_version,
+                                             occurred_at, payload, prev_hash, hash)
+        VALUES (v_tenant, v_position, p_ids[i], p_types[i], p_versions[i], p_occurred[i],
+                p_payloads[i], v_hash,
+                tenantry.audit_digest(v_hash, v_tenant, p_ids[i], p_types[i], p_versions[i],
+                                      p_occurred[i], p_payloads[i]))
+        RETURNING a.hash INTO v_hash;
+    END LOOP;
+    UPDATE tenantry.audit_heads SET position = v_position, hash = v_hash
+    WHERE tenant_id = v_tenant;
+    INSERT INTO tenantry.outbox (event_id, tenant_id, tier, type, topic, subject, shard,
+                                 schema_version, occurred_at, traceparent, payload)
+    SELECT e.id, v_tenant, p_tier, e.type, e.topic, e.subject, v_shard, e.version,
+           e.occurred, p_traceparent, e.payload
+    FROM unnest(p_ids, p_types, p_topics, p_subjects, p_versions, p_occurred, p_payloads)
+         AS e (id, type, topic, subject, version, occurred, payload);
+    PERFORM pg_notify('tenantry_outbox', '');
+    RETURN v_position;
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenantry.publish_events(text, uuid[], text[], text[], text[],
+    integer[], timestamptz[], text, jsonb[]) FROM PUBLIC;
+"""
+
+
+async def bootstrap_events(conn: AsyncConnection[Any], *, app_role: str) -> None:
+    """Create the events tables and functions if missing; grant ``app_role`` publishing
+    (through the function) and inbox writes.
+
+    ``conn`` is an owner connection in autocommit mode, after the control plane's own
+    bootstrap; serialised with it by the same advisory lock.
+    """
+    role = sql.Identifier(app_role)
+    await run_bootstrap_script(
+        conn,
+        sql.SQL(EVENTS_DDL)  # a constant: no input in it
+        + sql.SQL(
+            "GRANT EXECUTE ON FUNCTION tenantry.publish_events(text, uuid[], text[], text[], "
+            "text[], integer[], timestamptz[], text, jsonb[]) TO {role};\n"
+            "GRANT SELECT (consumer, event_id, tenant_id), INSERT ON tenantry.inbox TO {role};\n"
+        ).format(role=role),
+    )

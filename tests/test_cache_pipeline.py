@@ -1,0 +1,171 @@
+"""The rate limiter's lean pipelined path where it differs from plain redis-py: scripts the
+server forgot, a cluster redirection, a server that stops answering, and shutdown.
+
+Real servers only: the shared single node and 3-master cluster for what leaves data
+alone, a private ``valkey-server`` for what freezes or kills one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from redis.crc import key_slot
+
+from tenantry import TenantContext
+from tenantry.cache import (
+    KeyBuilder,
+    RateLimiter,
+    RateLimitUnavailableError,
+    RedisGuard,
+    create_redis_client,
+)
+from tenantry.cache._resp import NodeAddress, RespConnection, RespStats
+from tenantry.devstack import ValkeyService
+from tenantry.settings import RateLimitSettings, RedisSettings, TierLimits
+from tests.cache_helpers import free_port
+
+LIMITS = TierLimits(rate=0.01, burst=3, concurrency=10)  # no refill during a test
+
+
+def limiter_on(client: Any, **settings: Any) -> RateLimiter:
+    tiers = MappingProxyType({"free": LIMITS})
+    return RateLimiter(
+        client,
+        guard=RedisGuard(retry_interval=0.2),
+        keys=KeyBuilder(f"test-{secrets.token_hex(4)}:"),
+        settings=RateLimitSettings(tiers=tiers, **settings),
+    )
+
+
+def tenant() -> TenantContext:
+    slug = f"p{secrets.token_hex(4)}"
+    return TenantContext(id=uuid4(), slug=slug, tier="free", schema=f"t_{slug}")
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster_url: str) -> AsyncIterator[Any]:
+    client = create_redis_client(RedisSettings(url=redis_cluster_url))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def private_valkey(tmp_path: Path) -> Iterator[ValkeyService]:
+    service = ValkeyService(tmp_path / "valkey", port=free_port())
+    service.start()
+    try:
+        yield service
+    finally:
+        pid_file = service.data_dir / "valkey.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGCONT)
+        service.stop()
+
+
+async def test_checks_go_on_after_the_server_forgets_its_scripts(redis_url: str) -> None:
+    """After ``SCRIPT FLUSH`` (what a restart does to the script cache) the next check
+    loads the script again and decides as before: burst 3 still means 3."""
+    client: Any = create_redis_client(RedisSettings(url=redis_url))
+    limiter = limiter_on(client)
+    who = tenant()
+    try:
+        assert (await limiter.acquire(who)).allowed
+        await client.script_flush()
+        decisions = [await limiter.acquire(who) for _ in range(3)]
+        assert [d.allowed for d in decisions] == [True, True, False]
+    finally:
+        await limiter.close()
+        await client.aclose()
+
+
+async def test_a_redirected_check_follows_the_cluster(cluster_client: Any) -> None:
+    """A check sent to a node that does not own the tenant's slot gets a real ``MOVED``
+    reply; it is retried through redis-py, answered correctly, and later checks find the
+    right node again."""
+    limiter = limiter_on(cluster_client)
+    who = tenant()
+    assert (await limiter.acquire(who)).allowed
+    slot = key_slot(limiter.keys.internal("_rl", "api", who.id).encode())
+    owner = cluster_client.nodes_manager.get_node_from_slot(slot)
+    other = next(node for node in cluster_client.get_primaries() if node.name != owner.name)
+    wrong = await RespConnection.open(
+        NodeAddress(host=other.host, port=int(other.port), timeout=1.0), RespStats()
+    )
+    pipeline: Any = limiter.pipeline
+    pipeline._routes[slot] = wrong  # as if the slot had moved away since it was routed
+    try:
+        second = await limiter.acquire(who)
+        assert second.allowed
+        assert second.remaining == 1
+        assert slot not in pipeline._routes  # the stale route is gone
+        third, fourth = await limiter.acquire(who), await limiter.acquire(who)
+        assert (third.allowed, fourth.allowed) == (True, False)
+        assert pipeline._routes[slot] is not wrong
+    finally:
+        wrong.close()
+        await limiter.close()
+
+
+async def test_a_frozen_server_degrades_checks_within_the_timeout(
+    private_valkey: ValkeyService,
+) -> None:
+    """SIGSTOP the server: pending checks fail open after ``socket_timeout`` instead of
+    hanging (fail-closed ones raise); SIGCONT: checks are counted again."""
+    client: Any = create_redis_client(
+        RedisSettings(url=private_valkey.url, socket_timeout=0.3, connect_timeout=0.3)
+    )
+    open_limiter = limiter_on(client)
+    closed_limiter = limiter_on(client, fail_open=False)
+    who = tenant()
+    pid = int((private_valkey.data_dir / "valkey.pid").read_text())
+    try:
+        assert (await open_limiter.acquire(who)).allowed
+        assert (await closed_limiter.acquire(who)).allowed
+        os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        degraded = await asyncio.wait_for(open_limiter.acquire(who), timeout=5)
+        assert degraded.allowed
+        assert degraded.degraded
+        assert time.monotonic() - start < 2.0
+        with pytest.raises(RateLimitUnavailableError):
+            await asyncio.wait_for(closed_limiter.acquire(who), timeout=5)
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while (decision := await open_limiter.acquire(who)).degraded:
+            assert time.monotonic() < deadline, "checks never came back"
+            await asyncio.sleep(0.05)
+        assert decision.allowed
+        assert decision.limit == 3
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await open_limiter.close()
+        await closed_limiter.close()
+        await client.aclose()
+
+
+async def test_close_gives_back_queued_slots_first(redis_url: str) -> None:
+    """Slots released just before shutdown reach Redis: ``close`` drains before closing."""
+    client: Any = create_redis_client(RedisSettings(url=redis_url))
+    limiter = limiter_on(client)
+    who = tenant()
+    try:
+        decisions = await asyncio.gather(*(limiter.acquire(who) for _ in range(3)))
+        inflight = limiter.keys.internal("_rl", "api:inflight", who.id)
+        assert await client.zcard(inflight) == 3
+        for decision in decisions:
+            limiter.release(decision)
+        await limiter.close()
+        assert limiter.pipeline.connections == []
+        assert await client.zcard(inflight) == 0
+    finally:
+        await client.aclose()

@@ -1,0 +1,246 @@
+"""Kafka mode against a real broker: the relay's records as a plain Kafka consumer sees
+them, tenantry's consumers end to end, the DLQ topic, and two relays at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+from uuid import UUID
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from psycopg import AsyncConnection
+
+from hr_example import HR_SCHEMA
+from tenantry import Platform, Settings, current_tenant, run_in_executor, tenant_scope
+from tenantry.catalog import Tenant
+from tenantry.events import Event, EventHandlers, NewEvent
+from tenantry.events.consumer import KafkaEventConsumer
+from tests.events_helpers import (
+    effect_counts,
+    effects,
+    ensure_effects_table,
+    family,
+    record_effect,
+    running,
+    wait_for,
+)
+
+MakeTenant = Callable[..., Awaitable[Tenant]]
+
+
+@pytest.fixture
+async def kafka_platform(
+    settings: Settings, kafka_bootstrap: str, platform: Platform
+) -> AsyncIterator[Platform]:
+    """A platform on the session's database in Kafka mode, with a topic prefix of its own."""
+    events = replace(
+        settings.events,
+        kafka_bootstrap=kafka_bootstrap,
+        topic_prefix=f"t{secrets.token_hex(4)}.",
+        topic_partitions=3,
+        consume_in_app=False,
+    )
+    kafka = Platform(replace(settings, events=events), HR_SCHEMA)
+    await kafka.start(listen=False)
+    await ensure_effects_table(kafka)
+    try:
+        yield kafka
+    finally:
+        await kafka.stop()
+
+
+async def _publish(
+    platform: Platform, tenant: Tenant, kind: str, n: int, start: int = 0
+) -> list[UUID]:
+    with tenant_scope(tenant.context()):
+        async with platform.db.tenant_transaction():
+            return await platform.events.publish_many(
+                NewEvent(kind, {"n": i}, key=f"k{i}") for i in range(start, start + n)
+            )
+
+
+def _read_all(bootstrap: str, topic: str, expected: int, seconds: float = 30.0) -> list[Any]:
+    """Read a topic from the beginning with a plain confluent_kafka.Consumer."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"plain-{secrets.token_hex(4)}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + seconds
+        while len(records) < expected:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                records.append(message)
+            if time.monotonic() > deadline:
+                break
+    finally:
+        consumer.close()
+    return records
+
+
+async def test_a_plain_kafka_consumer_finds_key_and_headers_as_documented(
+    kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
+) -> None:
+    """The relay produces each event to its family's topic with the tenant id as key, the
+    JSON payload as value and the CloudEvents-style headers of the README."""
+    tenant = await make_tenant("kfk", tier="enterprise")
+    fam = family()
+    kind = f"{fam}.hired"
+    ids = await _publish(kafka_platform, tenant, kind, 3)
+    relay = kafka_platform.events.relay()
+    assert await relay.relay_batch() >= 3
+    topic = kafka_platform.settings.events.topic_prefix + fam
+    records = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, 3)
+    assert len(records) == 3
+    for i, (record, event_id) in enumerate(zip(records, ids, strict=True)):
+        assert record.key() == str(tenant.id).encode()
+        assert json.loads(record.value()) == {"n": i}
+        headers = {name: value.decode() for name, value in record.headers()}
+        assert headers["ce_specversion"] == "1.0"
+        assert headers["ce_id"] == str(event_id)
+        assert headers["ce_type"] == kind
+        assert headers["ce_source"] == "/tenantry/default"
+        assert headers["ce_time"].endswith("Z")
+        assert headers["ce_subject"] == f"k{i}"
+        assert headers["ce_tenantid"] == str(tenant.id)
+        assert headers["ce_tenanttier"] == "enterprise"
+        assert headers["ce_schemaversion"] == "1"
+        assert headers["content-type"] == "application/json"
+        assert "traceparent" not in headers  # no active trace when published
+    async with kafka_platform.db.transaction() as conn:
+        cur = await conn.execute("SELECT count(*) FROM tenantry.outbox WHERE type = %s", (kind,))
+        assert await cur.fetchone() == (0,)  # relayed rows leave the outbox
+
+
+async def test_kafka_consumer_handles_each_event_once_in_its_tenant(
+    kafka_platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """Relay + tenantry consumer: every event's effect exactly once, each tenant's in
+    order, the tenant bound inside the handler and in a worker thread; a poison event goes
+    to the DLQ topic with its reason while everything else is handled."""
+    a, b = await make_tenant("kfk"), await make_tenant("kfk")
+    kind = f"{family()}.created"
+    group = f"g-{family()}"
+    handlers = EventHandlers(group)
+
+    @handlers.on(kind)
+    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
+        if event.tenant.id == a.id and event.payload["n"] == 3:
+            raise RuntimeError("poison")
+        in_thread = await run_in_executor(None, lambda: current_tenant().id)
+        await record_effect(
+            conn,
+            group,
+            event,
+            seen_tenant=current_tenant().id,
+            thread_tenant=in_thread,
+            n=event.payload["n"],
+        )
+
+    ids = await _publish(kafka_platform, a, kind, 10) + await _publish(kafka_platform, b, kind, 10)
+    consumer = kafka_platform.events.consumer(group, handlers)
+    assert isinstance(consumer, KafkaEventConsumer)
+    relay = kafka_platform.events.relay()
+    async with running(relay.run), running(consumer.run):
+        await wait_for(lambda: _count(kafka_platform, group, 19), what="19 effects")
+        await wait_for(lambda: _value(consumer.processor.stats["dead-lettered"], 1), what="DLQ")
+    rows = await effects(kafka_platform, group)
+    assert await effect_counts(kafka_platform, group) == {i: 1 for i in ids if i != ids[3]}
+    for row in rows:
+        assert row["seen_tenant"] == row["thread_tenant"] == row["tenant_id"]
+    assert [r["n"] for r in rows if r["tenant_id"] == a.id] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert [r["n"] for r in rows if r["tenant_id"] == b.id] == list(range(10))
+    dlq = consumer.dlq_topic
+    records = await asyncio.to_thread(
+        _read_all, kafka_platform.settings.events.kafka_bootstrap or "", dlq, 1
+    )
+    assert len(records) == 1
+    headers = {name: value.decode() for name, value in records[0].headers()}
+    assert headers["ce_id"] == str(ids[3])
+    assert headers["dlq_error"] == "RuntimeError: poison"
+    assert headers["dlq_attempts"] == "3"
+    assert headers["ce_tenantid"] == str(a.id)
+
+
+async def _count(platform: Platform, group: str, n: int) -> bool:
+    return sum((await effect_counts(platform, group)).values()) >= n
+
+
+async def _value(value: int, n: int) -> bool:
+    return value >= n
+
+
+async def test_two_relays_at_once_deliver_everything_in_tenant_order(
+    kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
+) -> None:
+    """Two relays drain one outbox together while events are published: every event
+    reaches Kafka, and each tenant's events are in publishing order in its partition."""
+    tenants = [await make_tenant("kfk") for _ in range(4)]
+    fam = family()
+    kind = f"{fam}.tick"
+    settings = replace(kafka_platform.settings.events, relay_batch=50)
+    from tenantry.events.relay import OutboxRelay
+
+    first = OutboxRelay(kafka_platform.db, settings)
+    second = OutboxRelay(kafka_platform.db, settings)
+    published: dict[UUID, list[UUID]] = {t.id: [] for t in tenants}
+    async with running(first.run), running(second.run):
+        for round_ in range(10):
+            for tenant in tenants:
+                published[tenant.id] += await _publish(
+                    kafka_platform, tenant, kind, 20, round_ * 20
+                )
+        total = sum(len(v) for v in published.values())
+        await wait_for(lambda: _value(first.relayed + second.relayed, total), what="relayed")
+    assert first.relayed > 0
+    assert second.relayed > 0
+    topic = kafka_platform.settings.events.topic_prefix + fam
+    records = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, total)
+    seen: dict[UUID, list[UUID]] = {t.id: [] for t in tenants}
+    for record in records:
+        headers = dict(record.headers())
+        seen[UUID(record.key().decode())].append(UUID(headers["ce_id"].decode()))
+    for tenant in tenants:
+        assert seen[tenant.id] == published[tenant.id]
+
+
+async def test_relayed_offsets_are_committed_only_after_handling(
+    kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
+) -> None:
+    """After a consumer stops, its group's committed offsets cover exactly the records it
+    handled (nothing committed ahead of the effects)."""
+    tenant = await make_tenant("kfk")
+    fam = family()
+    kind = f"{fam}.created"
+    group = f"g-{family()}"
+    handlers = EventHandlers(group)
+
+    @handlers.on(kind)
+    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
+        await record_effect(conn, group, event)
+
+    await _publish(kafka_platform, tenant, kind, 7)
+    await kafka_platform.events.relay().relay_batch()
+    consumer = kafka_platform.events.consumer(group, handlers)
+    async with running(consumer.run):
+        await wait_for(lambda: _count(kafka_platform, group, 7), what="7 effects")
+        await asyncio.sleep(0.5)
+    topic = kafka_platform.settings.events.topic_prefix + fam
+    probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    try:
+        committed = probe.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
+    finally:
+        probe.close()
+    assert sum(max(tp.offset, 0) for tp in committed) == 7

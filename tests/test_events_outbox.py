@@ -1,0 +1,168 @@
+"""Publishing: events join the business transaction, carry the tenant's envelope, are
+audited in a hash chain, and the application role can append but never rewrite."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from tenantry import Platform, tenant_scope
+from tenantry.catalog import Tenant
+from tenantry.events import InvalidEventError, NewEvent, NoTransactionError
+from tests.events_helpers import family
+
+MakeTenant = Callable[..., Awaitable[Tenant]]
+
+
+async def _outbox(platform: Platform, event_type: str) -> list[dict[str, Any]]:
+    async with platform.db.transaction() as conn:
+        cur = await conn.execute(
+            "SELECT event_id, tenant_id, tier, type, topic, subject, schema_version, "
+            "occurred_at, traceparent, payload FROM tenantry.outbox WHERE type = %s ORDER BY seq",
+            (event_type,),
+        )
+        names = [c.name for c in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+
+async def test_publish_writes_the_envelope_in_the_callers_transaction(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """An event published in a tenant transaction lands in the outbox with a time-ordered
+    UUIDv7 id, the tenant's id and tier, its type, topic, schema version, time and payload."""
+    tenant = await make_tenant("evt", tier="pro")
+    kind = f"{family()}.created"
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    with tenant_scope(tenant.context()):
+        async with platform.db.tenant_transaction():
+            first = await platform.events.publish(kind, {"n": 1}, key="emp-7")
+            second = await platform.events.publish(kind, {"n": 2}, schema_version=3)
+    rows = await _outbox(platform, kind)
+    assert [row["event_id"] for row in rows] == [first, second]
+    assert first.version == 7
+    assert first < second
+    row = rows[0]
+    assert row["tenant_id"] == tenant.id
+    assert row["tier"] == "pro"
+    assert row["topic"] == "tenantry." + kind.split(".")[0]
+    assert row["subject"] == "emp-7"
+    assert row["payload"] == {"n": 1}
+    assert row["schema_version"] == 1
+    assert rows[1]["schema_version"] == 3
+    assert before <= row["occurred_at"] <= datetime.now(UTC)
+
+
+async def test_a_rolled_back_transaction_publishes_nothing(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """An error after publish rolls the event back with the business write, and leaves no
+    audit entry either."""
+    tenant = await make_tenant("evt")
+    kind = f"{family()}.created"
+
+    async def fail() -> None:
+        async with platform.db.tenant_transaction():
+            await platform.events.publish(kind, {"n": 1})
+            raise RuntimeError("business rule failed")
+
+    with tenant_scope(tenant.context()), pytest.raises(RuntimeError):
+        await fail()
+    assert await _outbox(platform, kind) == []
+    assert await platform.events.audit.entries(tenant.id) == []
+
+
+async def test_publish_needs_a_transaction_and_a_valid_event(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """Outside a transaction publish refuses; bad types, keys and payloads are refused
+    before anything is written."""
+    tenant = await make_tenant("evt")
+    with tenant_scope(tenant.context()):
+        with pytest.raises(NoTransactionError):
+            await platform.events.publish("thing.created", {})
+        async with platform.db.tenant_transaction():
+            for bad in ("Thing.Created", "nodot", "a..b", "thing.", ""):
+                with pytest.raises(InvalidEventError):
+                    await platform.events.publish(bad, {})
+            with pytest.raises(InvalidEventError):
+                await platform.events.publish("thing.created", {"when": object()})
+            with pytest.raises(InvalidEventError):
+                await platform.events.publish("thing.created", {}, key=5)  # type: ignore[arg-type]
+
+
+async def test_publish_many_keeps_order_in_one_round_trip(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """A batch is written in order, chained in order."""
+    tenant = await make_tenant("evt")
+    kind = f"{family()}.bulk"
+    with tenant_scope(tenant.context()):
+        async with platform.db.tenant_transaction():
+            ids = await platform.events.publish_many(NewEvent(kind, {"i": i}) for i in range(50))
+    rows = await _outbox(platform, kind)
+    assert [row["event_id"] for row in rows] == ids
+    assert [row["payload"]["i"] for row in rows] == list(range(50))
+    entries = await platform.events.audit.entries(tenant.id, limit=100)
+    assert [e.event_id for e in entries] == ids
+    assert [e.position for e in entries] == list(range(1, 51))
+
+
+async def test_the_app_role_can_publish_but_not_read_or_rewrite_events(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """The application role appends through the publishing function only: it cannot read
+    the outbox, nor update or delete audit entries, nor publish with no tenant bound."""
+    tenant = await make_tenant("evt")
+    with tenant_scope(tenant.context()):
+        async with platform.db.tenant_transaction():
+            await platform.events.publish(f"{family()}.created", {"n": 1})
+    for statement in (
+        "SELECT count(*) FROM tenantry.outbox",
+        "UPDATE tenantry.audit_log SET payload = '{}'",
+        "DELETE FROM tenantry.audit_log",
+        "UPDATE tenantry.audit_heads SET position = 0",
+        "INSERT INTO tenantry.audit_log (tenant_id, position, event_id, type, schema_version, "
+        "occurred_at, payload, prev_hash, hash) VALUES (gen_random_uuid(), 1, "
+        "gen_random_uuid(), 'x.y', 1, now(), '{}', '', '')",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            async with platform.db.tenant_transaction(tenant.context()) as conn:
+                await conn.execute(statement)
+    with pytest.raises(psycopg.DatabaseError, match="tenant-bound"):
+        async with platform.db.transaction(owner=False) as conn:
+            await conn.execute(
+                "SELECT tenantry.publish_events('pro', ARRAY[gen_random_uuid()], "
+                "ARRAY['x.y'], ARRAY['t.x'], ARRAY[NULL], ARRAY[1], ARRAY[now()], NULL, "
+                "ARRAY['{}'::jsonb])"
+            )
+
+
+async def test_concurrent_publishers_of_one_tenant_never_fork_its_chain(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """Twenty transactions of one tenant publishing at once take turns on the chain head:
+    positions 1..N, each entry chained to the previous, and verify() finds it intact."""
+    tenant = await make_tenant("evt")
+    kind = f"{family()}.race"
+
+    async def one(i: int) -> UUID:
+        with tenant_scope(tenant.context()):
+            async with platform.db.tenant_transaction():
+                return await platform.events.publish(kind, {"i": i})
+
+    ids = await asyncio.gather(*(one(i) for i in range(20)))
+    entries = await platform.events.audit.entries(tenant.id, limit=100)
+    assert sorted(e.event_id for e in entries) == sorted(ids)
+    assert [e.position for e in entries] == list(range(1, 21))
+    for previous, entry in itertools.pairwise(entries):
+        assert entry.prev_hash == previous.hash
+    report = await platform.events.audit.verify(tenant.id)
+    assert report.ok, report.problems
+    assert (report.entries, report.head_position) == (20, 20)
