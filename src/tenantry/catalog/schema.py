@@ -128,7 +128,9 @@ DO $tenantry$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {name}) THEN
         CREATE ROLE {role} LOGIN;
     END IF;
-EXCEPTION WHEN duplicate_object THEN NULL;
+-- Another database's bootstrap created it meanwhile: duplicate_object, or unique_violation
+-- when both inserted the catalog row at once.
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $tenantry$;
 DO $tenantry$
 DECLARE
