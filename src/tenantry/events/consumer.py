@@ -15,7 +15,14 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from tenantry.events.envelope import Envelope
 from tenantry.events.errors import InvalidEventError
@@ -128,7 +135,7 @@ class KafkaEventConsumer:
                     continue
                 await self._handle(messages)
                 try:
-                    await loop.run_in_executor(executor, _commit, consumer)
+                    await loop.run_in_executor(executor, _commit, consumer, _handled(messages))
                 except KafkaException as exc:  # a rebalance took the partitions
                     logger.warning("consumer %s could not commit: %s", self.group, exc)
         finally:
@@ -178,12 +185,29 @@ def _headers(message: Message) -> list[tuple[str, bytes]]:
     ]
 
 
-def _commit(consumer: Consumer) -> None:
-    # Asynchronous: the next poll need not wait for the broker's answer. Offsets still only
-    # ever cover records whose effects are committed; a lost commit means a replay, which
-    # the inbox absorbs.
+def _handled(messages: list[Message]) -> list[TopicPartition]:
+    """The offsets to commit after ``messages`` were handled: per partition, the one after
+    the last handled record."""
+    last: dict[tuple[str, int], int] = {}
+    for message in messages:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None or offset < 0:
+            continue
+        key = (topic, partition)
+        last[key] = max(offset, last.get(key, -1))
+    return [TopicPartition(topic, part, offset + 1) for (topic, part), offset in last.items()]
+
+
+def _commit(consumer: Consumer, offsets: list[TopicPartition]) -> None:
+    # Explicit offsets, never "the current positions": an asynchronous commit of positions
+    # is built when the request leaves, and by then the next poll may have moved them past
+    # records whose effects are not committed (a SIGKILL then loses that batch).
+    # Asynchronous: the next poll need not wait for the broker's answer. A lost commit
+    # means a replay, which the inbox absorbs.
+    if not offsets:
+        return
     try:
-        consumer.commit(asynchronous=True)
+        consumer.commit(offsets=offsets, asynchronous=True)
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None
         if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
