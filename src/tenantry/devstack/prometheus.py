@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenantry.devstack.errors import ServiceError
+from tenantry.devstack.errors import ServiceError, stop_by_pidfile
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
@@ -141,24 +140,7 @@ class PrometheusService:
 
     def stop(self) -> None:
         """Stop the server gracefully; a no-op when it is not running."""
-        try:
-            pid = int(self._pidfile.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            self._pidfile.unlink(missing_ok=True)
-            return
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                self._pidfile.unlink(missing_ok=True)
-                return
-            time.sleep(0.05)
-        raise ServiceError(f"Prometheus (pid {pid}) did not stop within 20 s")
+        stop_by_pidfile(self._pidfile, "Prometheus", 20)
 
     def is_running(self) -> bool:
         """Whether the server answers ``/-/ready``."""

@@ -8,15 +8,13 @@ data in our own folder.
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenantry.devstack.errors import ServiceError
+from tenantry.devstack.errors import ServiceError, stop_by_pidfile
 
 
 def wheel_binary(name: str = "valkey-server") -> Path:
@@ -101,23 +99,7 @@ class ValkeyService:
 
     def stop(self) -> None:
         """Stop the server gracefully; a no-op when it is not running."""
-        try:
-            pid = int(self._pidfile.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            self._pidfile.unlink(missing_ok=True)
-            return
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        raise ServiceError(f"Valkey (pid {pid}) did not stop within 15 s")
+        stop_by_pidfile(self._pidfile, "Valkey", 15)
 
     def is_running(self) -> bool:
         """Whether the server answers PING on its port."""

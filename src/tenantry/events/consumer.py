@@ -24,6 +24,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from tenantry.events._loop import keep_running
 from tenantry.events.envelope import Envelope
 from tenantry.events.errors import InvalidEventError
 from tenantry.events.handlers import EventHandlers
@@ -105,15 +106,7 @@ class KafkaEventConsumer:
 
     async def run(self) -> None:
         """Consume until cancelled; after a failure, rejoin from the committed offsets."""
-        while True:
-            try:
-                await self._run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.active.clear()
-                logger.warning("consumer %s interrupted, rejoining: %s", self.group, exc)
-                await asyncio.sleep(1.0)
+        await keep_running(self._run, what=f"consumer {self.group}", active=self.active)
 
     async def _run(self) -> None:
         await self.admin.ensure([*self.topics, self.dlq_topic])

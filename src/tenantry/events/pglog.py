@@ -24,6 +24,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from tenantry.db import Database
+from tenantry.events._loop import keep_running
 from tenantry.events.envelope import Envelope
 from tenantry.events.processor import EventProcessor
 from tenantry.events.schema import CONSUMER_LOCK, OUTBOX_CHANNEL
@@ -77,15 +78,7 @@ class OutboxLogConsumer:
 
     async def run(self) -> None:
         """Consume until cancelled; reconnects after a database outage."""
-        while True:
-            try:
-                await self._run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.active.clear()
-                logger.warning("consumer %s lost the database, retrying: %s", self.group, exc)
-                await asyncio.sleep(1.0)
+        await keep_running(self._run, what=f"consumer {self.group}", active=self.active)
 
     async def _run(self) -> None:
         url = self.db.cell(self.cell).owner_url

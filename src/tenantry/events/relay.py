@@ -26,6 +26,7 @@ from confluent_kafka import Producer
 from psycopg import AsyncConnection
 
 from tenantry.db import Database
+from tenantry.events._loop import keep_running
 from tenantry.events.envelope import (
     CONTENT_TYPE,
     H_CONTENT_TYPE,
@@ -99,15 +100,7 @@ class OutboxRelay:
     async def run(self) -> None:
         """Relay until cancelled; after a database or Kafka failure, retry shortly."""
         try:
-            while True:
-                try:
-                    await self._run()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.listening.clear()
-                    logger.warning("relay interrupted, retrying in 1 s: %s", exc)
-                    await asyncio.sleep(1.0)
+            await keep_running(self._run, what="relay", active=self.listening)
         finally:
             await asyncio.to_thread(self.producer.flush, 5.0)
 
