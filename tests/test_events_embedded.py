@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +23,7 @@ from tenantry import (
 )
 from tenantry.catalog import Tenant
 from tenantry.events import Event, EventHandlers, NewEvent, OutboxLogConsumer
+from tenantry.events.envelope import Envelope, uuid7
 from tenantry.events.pglog import prune
 from tests.events_helpers import (
     effect_counts,
@@ -123,6 +125,45 @@ async def test_redelivery_has_no_second_effect(platform: Platform, make_tenant: 
             lambda: _at_least(replay.processor.stats["duplicate"], 10), what="10 duplicates"
         )
     assert await effect_counts(platform, group) == dict.fromkeys(ids, 1)
+
+
+async def test_a_lane_records_its_events_in_the_inbox_at_once_and_skips_copies(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """One tenant's batch (one transaction, one inbox statement): an event handled before,
+    a second copy of an event in the same batch and an event with no handler are each
+    skipped, and every other event has its effect exactly once, in order."""
+    await ensure_effects_table(platform)
+    tenant = await make_tenant("lane")
+    kind = f"{family()}.created"
+    group = f"g-{family()}"
+    handlers = EventHandlers(group)
+    seen: list[UUID] = []
+
+    @handlers.on(kind)
+    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
+        seen.append(event.id)
+        await record_effect(conn, group, event)
+
+    def envelope(event_type: str) -> Envelope:
+        return Envelope(
+            id=uuid7(),
+            tenant_id=tenant.id,
+            tier=tenant.tier.value,
+            type=event_type,
+            schema_version=1,
+            occurred_at=datetime.now(UTC),
+            payload={},
+        )
+
+    old, first, second = (envelope(kind) for _ in range(3))
+    unknown = envelope(f"{family()}.unhandled")
+    processor = platform.events.consumer(group, handlers).processor
+    assert await processor.process_batch([old]) == ["handled"]
+    outcomes = await processor.process_batch([first, old, unknown, first, second])
+    assert outcomes == ["handled", "duplicate", "ignored", "duplicate", "handled"]
+    assert seen == [old.id, first.id, second.id]
+    assert await effect_counts(platform, group) == {old.id: 1, first.id: 1, second.id: 1}
 
 
 async def _at_least(value: int, n: int) -> bool:

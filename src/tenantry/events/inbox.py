@@ -8,6 +8,7 @@ finds the row (or, if the first rolled back, takes over).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -23,6 +24,22 @@ async def claim(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bo
         (consumer, event_id),
     )
     return cur.rowcount == 1
+
+
+async def claim_many(
+    conn: AsyncConnection[Any], consumer: str, event_ids: Sequence[UUID]
+) -> set[UUID]:
+    """:func:`claim` for several events in one round trip: the ids newly recorded (an id
+    missing from the result was handled before, or appears earlier in ``event_ids``)."""
+    if not event_ids:
+        return set()
+    cur = await conn.execute(
+        "INSERT INTO tenantry.inbox (consumer, event_id) "
+        "SELECT %s, unnest(%s::uuid[]) ON CONFLICT (consumer, event_id) DO NOTHING "
+        "RETURNING event_id",
+        (consumer, list(event_ids)),
+    )
+    return {row[0] for row in await cur.fetchall()}
 
 
 async def handled(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bool:

@@ -18,9 +18,10 @@ from the last committed one.
 
 Events of different tenants run concurrently (up to ``concurrency`` tenants at once);
 one tenant's events run one after another, in log order. A tenant's events of one batch
-share one transaction while none fails (one inbox row and one handler call per event,
-one BEGIN/COMMIT for all); if one fails, the transaction is rolled back and the events
-are redone one transaction each, so the failure is retried and dead-lettered alone.
+share one transaction while none fails (one statement writes their inbox rows, then one
+handler call per event, one BEGIN/COMMIT for all); if one fails, the transaction is
+rolled back and the events are redone one transaction each, so the failure is retried
+and dead-lettered alone.
 """
 
 from __future__ import annotations
@@ -194,14 +195,21 @@ class EventProcessor:
         with tenant_scope(ctx):
             try:
                 async with self.db.tenant_transaction(ctx) as conn:
+                    # One round trip records every handled event of the lane in the inbox.
+                    fresh = await inbox.claim_many(
+                        conn,
+                        self.consumer,
+                        [e.id for e in envelopes if self.handlers.get(e.type) is not None],
+                    )
                     for index, envelope in enumerate(envelopes):
                         handler = self.handlers.get(envelope.type)
                         if handler is None:
                             outcomes.append(IGNORED)
                             continue
-                        if not await inbox.claim(conn, self.consumer, envelope.id):
+                        if envelope.id not in fresh:
                             outcomes.append(DUPLICATE)
                             continue
+                        fresh.discard(envelope.id)  # a second copy in this lane is a duplicate
                         event = self._event(envelope, ctx, 1)
                         try:
                             await self.run_handler(handler, event, conn)
