@@ -13,8 +13,12 @@ Three measurements, every one against a baseline taken in the same run:
    limiting costs a busy API), against a baseline in the same run: the same script sent
    through redis-py one ``EVALSHA`` per check. With a concurrency cap each request also
    gives its slot back (a second command, never waited for: it rides with the next write).
+   Without a cap the limiter reserves tokens by the batch (the default): its row gives the
+   commands per check averaged over the sequential calls, and the CPU per admitted request.
 3. **Throughput with and without rate limiting.** The same endpoint on apps that differ
-   only in rate limiting (off; GCRA without a concurrency cap; GCRA with the cap),
+   only in rate limiting (off; GCRA without a concurrency cap, checked in Redis on every
+   request (``TENANTRY_RATE_LIMIT_RESERVE=0``); the same with local token reservation, the
+   default; GCRA with the cap, checked on every request),
    ``--concurrency`` requests in flight, for an uncached read
    (``GET /api/employees?limit=50``) and a cached one (``GET /api/departments``). The
    tenant's limits are raised so nothing is refused: what is measured is the check, not
@@ -174,11 +178,14 @@ def asgi_get(app: FastAPI, path: str, headers: dict[str, str]) -> common.Call:
 
 # -- 2. the rate-limit check on its own -----------------------------------------------------
 async def measure_limiter(
-    client: Any, keys: KeyBuilder, label: str, concurrency: int, checks: int
+    client: Any, keys: KeyBuilder, label: str, concurrency: int, checks: int, reserve: float = 0
 ) -> list[Any]:
     """One limiter configuration: commands and writes per check, commands per release,
-    latency one at a time, and client CPU per check with 16 checks in flight."""
-    limiter = RateLimiter(client, guard=RedisGuard(), keys=keys, settings=RateLimitSettings())
+    latency one at a time, and client CPU per check with 16 checks in flight. With
+    ``reserve`` (local token reservation) commands and writes per check are averaged over
+    the sequential calls."""
+    settings = RateLimitSettings(reserve=reserve)
+    limiter = RateLimiter(client, guard=RedisGuard(), keys=keys, settings=settings)
     limits = {"rate": 1_000_000, "burst": 1_000_000, "quota": 10**12, "concurrency": concurrency}
     ctx = TenantContext(
         id=uuid4(),
@@ -201,12 +208,16 @@ async def measure_limiter(
         await limiter.drain()
         gc.collect()
         acquire_ms: list[float] = []
+        commands, writes = stats.commands, stats.batches
         for _ in range(checks):  # each release rides along with the next check
             start = time.perf_counter()
             decision = await limiter.acquire(ctx)
             acquire_ms.append(common.ms_since(start))
             limiter.release(decision)
         await limiter.drain()
+        if reserve:
+            check_commands = round((stats.commands - commands) / checks, 3)
+            check_writes = round((stats.batches - writes) / checks, 3)
         cpu_us, per_write = await concurrent_cpu(limiter, ctx, checks)
     finally:
         await limiter.close()
@@ -286,6 +297,9 @@ async def check_cost(url: str, prefix: str, checks: int) -> list[list[Any]]:
         return [
             await redis_py_baseline(client, keys, checks),
             await measure_limiter(client, keys, "GCRA + quota", 0, checks),
+            await measure_limiter(
+                client, keys, "GCRA + quota, reserved tokens (default)", 0, checks, reserve=0.1
+            ),
             await measure_limiter(client, keys, "GCRA + quota + concurrency cap", 1000, checks),
         ]
     finally:
@@ -360,10 +374,11 @@ async def latency_and_check_cost(
 
 
 # -- 3. throughput, interleaved ---------------------------------------------------------------
-VARIANTS = ("cached", "limited-nocap", "limited")
+VARIANTS = ("cached", "limited-checked", "limited-nocap", "limited")
 LABELS = {
     "cached": "no rate limiting",
-    "limited-nocap": "rate limit (GCRA + quota)",
+    "limited-checked": "rate limit, a check per request",
+    "limited-nocap": "rate limit, reserved tokens",
     "limited": "rate limit + concurrency cap",
 }
 
@@ -452,6 +467,15 @@ async def run(args: Any, url: str) -> dict[str, Any]:
             "limited": hr_example.create_app(app_settings(url, args.redis_url, prefix)),
             "limited-nocap": hr_example.create_app(
                 app_settings(url, args.redis_url, prefix, TENANTRY_RATE_LIMIT_PRO="concurrency=0")
+            ),
+            "limited-checked": hr_example.create_app(
+                app_settings(
+                    url,
+                    args.redis_url,
+                    prefix,
+                    TENANTRY_RATE_LIMIT_PRO="concurrency=0",
+                    TENANTRY_RATE_LIMIT_RESERVE="0",
+                )
             ),
         }
         clients = {

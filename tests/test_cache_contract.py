@@ -24,6 +24,7 @@ from redis.crc import key_slot
 from tenantry import TenantContext, tenant_scope
 from tenantry.cache import (
     KeyBuilder,
+    RateDecision,
     RateLimiter,
     RedisClient,
     RedisGuard,
@@ -32,6 +33,7 @@ from tenantry.cache import (
     TenantCache,
     create_redis_client,
     is_cluster,
+    ratelimit,
 )
 from tenantry.settings import (
     CacheSettings,
@@ -594,3 +596,124 @@ async def test_limits_follow_the_tier(backend: Backend) -> None:
     free, enterprise = tenant("free"), tenant("enterprise")
     assert [(await limiter.acquire(free)).allowed for _ in range(2)] == [True, False]
     assert [(await limiter.acquire(enterprise)).allowed for _ in range(5)] == [True] * 4 + [False]
+
+
+# -- local token reservation (tenants without a concurrency cap) ------------------------------
+async def test_reserved_tokens_admit_requests_without_round_trips(backend: Backend) -> None:
+    """Without a concurrency cap a process reserves a batch of tokens in one check and
+    admits from it: 1000 requests cost a few dozen round trips, each admitted request
+    still carries the ``RateLimit-*`` headers, and Redis counted every token taken."""
+    limits = TierLimits(rate=1_000_000, burst=1_000_000, quota=10**9, quota_window=3600)
+    limiter = backend.limiter(limits)
+    assert limiter.reserve_batch(limits) == 100
+    who = tenant()
+    decisions = [await limiter.acquire(who) for _ in range(1000)]
+    assert all(d.allowed and not d.degraded for d in decisions)
+    assert all(d.lease is None for d in decisions)
+    assert limiter.pipeline.commands <= 1000 // 40
+    names = [name for name, _ in decisions[-1].headers()]
+    assert names == ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+    await limiter.drain()
+    quota = backend.keys.internal("_rl", "api:quota", who)
+    counted = int(await backend.client.hget(quota, "n"))
+    assert 1000 <= counted <= 1000 + limiter.reserve_batch(limits)
+
+
+async def test_reservation_is_sized_from_the_limits(backend: Backend) -> None:
+    """A tenant with a concurrency cap, or a batch below 2, is checked on every request;
+    ``reserve=0`` turns reservation off."""
+    limiter = backend.limiter(TierLimits(rate=1000, burst=2000))
+    assert limiter.reserve_batch(TierLimits(rate=1000, burst=2000)) == 100
+    assert limiter.reserve_batch(TierLimits(rate=100, burst=200)) == 10
+    assert limiter.reserve_batch(TierLimits(rate=100, burst=20)) == 5
+    assert limiter.reserve_batch(TierLimits(rate=10, burst=20)) == 1  # none: below 2
+    assert limiter.reserve_batch(TierLimits(rate=1000, burst=2000, concurrency=5)) == 0
+    off = backend.limiter(TierLimits(rate=1000, burst=2000), reserve=0)
+    assert off.reserve_batch(TierLimits(rate=1000, burst=2000)) == 0
+    who = tenant()
+    for _ in range(5):
+        assert (await off.acquire(who)).allowed
+    assert off.pipeline.commands == 5
+
+
+async def test_processes_reserving_together_never_exceed_the_limit_plus_their_batches(
+    backend: Backend,
+) -> None:
+    """Four limiters (four processes, each its own connection and tokens) hammer one
+    tenant for 0.6 s: together they admit no more than GCRA's ``burst + rate * elapsed``
+    plus one batch per process (the documented slack), and refuse the rest with ``rate``."""
+    limits = TierLimits(rate=200, burst=40)
+    limiters = [backend.limiter(limits) for _ in range(4)]
+    batch = limiters[0].reserve_batch(limits)
+    assert batch == 10
+    who = tenant()
+    admitted: list[int] = [0]
+    refused: list[RateDecision] = []
+
+    async def worker(limiter: RateLimiter, stop: float) -> None:
+        while time.monotonic() < stop:
+            decision = await limiter.acquire(who)
+            if decision.allowed:
+                admitted[0] += 1
+            else:
+                refused.append(decision)
+                await asyncio.sleep(0)
+
+    start = time.monotonic()
+    stop = start + 0.6
+    await asyncio.gather(*(worker(lim, stop) for lim in limiters for _ in range(8)))
+    elapsed = time.monotonic() - start
+    assert admitted[0] <= limits.burst + limits.rate * elapsed + len(limiters) * batch
+    assert admitted[0] >= limits.burst  # the burst itself is never lost
+    assert refused
+    assert {d.reason for d in refused} == {"rate"}
+    assert all(d.retry_after > 0 and d.remaining == 0 for d in refused)
+
+
+async def test_reservations_never_exceed_the_quota(backend: Backend) -> None:
+    """Tokens are counted in Redis when reserved: three processes together admit at most
+    ``quota`` requests, then every one is refused with ``quota``."""
+    limits = TierLimits(rate=1_000_000, burst=1_000_000, quota=250, quota_window=3600)
+    limiters = [backend.limiter(limits) for _ in range(3)]
+    who = tenant()
+    decisions = [await limiters[i % 3].acquire(who) for i in range(400)]
+    admitted = sum(d.allowed for d in decisions)
+    assert 250 - 3 * limiters[0].reserve_batch(limits) <= admitted <= 250
+    assert {d.reason for d in decisions if not d.allowed} == {"quota"}
+    assert not (await limiters[0].acquire(who)).allowed
+
+
+async def test_unspent_reserved_tokens_expire(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens not spent ``RESERVE_TTL`` s after their reservation are dropped: the next
+    request reserves again (one more round trip) instead of spending them."""
+    monkeypatch.setattr(ratelimit, "RESERVE_TTL", 0.2)
+    limiter = backend.limiter(TierLimits(rate=1_000_000, burst=1_000_000))
+    who = tenant()
+    assert (await limiter.acquire(who)).allowed
+    assert (await limiter.acquire(who)).allowed
+    assert limiter.pipeline.commands == 1
+    await asyncio.sleep(0.3)
+    assert (await limiter.acquire(who)).allowed
+    assert limiter.pipeline.commands == 2
+
+
+async def test_a_limit_change_drops_reserved_tokens(backend: Backend) -> None:
+    """Tokens reserved under old limits are not spent under new ones: a tenant whose
+    catalog override now sets a concurrency cap is checked (and capped) at once."""
+    limiter = backend.limiter(TierLimits(rate=1_000_000, burst=1_000_000))
+    who = tenant()
+    assert (await limiter.acquire(who)).allowed  # reserves a batch
+    capped = TenantContext(
+        id=who.id,
+        slug=who.slug,
+        tier=who.tier,
+        schema=who.schema,
+        attributes={"rate_limit": {"concurrency": 1}},
+    )
+    held = await limiter.acquire(capped)
+    assert held.allowed
+    assert held.lease is not None
+    refused = await limiter.acquire(capped)
+    assert (refused.allowed, refused.reason) == (False, "concurrency")

@@ -271,6 +271,43 @@ async def test_a_noisy_neighbour_gets_429s_while_other_tenants_all_succeed(
     assert 0 <= int(ok.headers["ratelimit-remaining"]) < 10
 
 
+async def test_a_noisy_neighbour_is_limited_from_reserved_tokens_too(settings: Settings) -> None:
+    """Without a concurrency cap the process admits from tokens it reserved (a batch of 10
+    here): the flood still gets 429s with the usual headers, no more is admitted than the
+    burst, the rate and one batch allow, and quiet tenants all succeed."""
+    limits = TierLimits(rate=100, burst=40)
+    async with serve(limited(settings, limits)) as (app, http):
+        platform: Platform = app.state.tenantry
+        assert platform.rate_limiter is not None
+        batch = platform.rate_limiter.reserve_batch(limits)
+        assert batch == 10
+        noisy = await platform.tenants.create(unique_slug("noisy"))
+        quiet = [await platform.tenants.create(unique_slug("quiet")) for _ in range(2)]
+        gate = asyncio.Semaphore(40)
+
+        async def get(tenant: Tenant) -> httpx.Response:
+            async with gate:
+                return await http.get("/api/departments", headers=tenant_headers(tenant))
+
+        started = asyncio.get_running_loop().time()
+        responses = await asyncio.gather(
+            *(get(noisy) for _ in range(400)), *(get(t) for t in quiet for _ in range(8))
+        )
+        elapsed = asyncio.get_running_loop().time() - started
+    noisy_codes = [r.status_code for r in responses[:400]]
+    assert {r.status_code for r in responses[400:]} == {200}
+    admitted = noisy_codes.count(200)
+    assert 40 <= admitted <= 40 + 100 * elapsed + batch
+    refused = next(r for r in responses[:400] if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-remaining"] == "0"
+    ok = next(r for r in responses[:400] if r.status_code == 200)
+    assert ok.headers["ratelimit-limit"] == "40"
+    assert 0 <= int(ok.headers["ratelimit-remaining"]) <= 40
+    assert int(ok.headers["ratelimit-reset"]) >= 0
+
+
 async def test_catalog_overrides_change_a_tenants_limits_at_once(settings: Settings) -> None:
     """``attributes.rate_limit`` in the catalog overrides the tier for that tenant only,
     quotas included (429 ``quota_exceeded``); exempt paths are never limited."""

@@ -38,7 +38,7 @@ LIMITS = TierLimits(rate=0.01, burst=3, concurrency=10)  # no refill during a te
 
 
 def limiter_on(client: Any, **settings: Any) -> RateLimiter:
-    tiers = MappingProxyType({"free": LIMITS})
+    tiers = settings.pop("tiers", MappingProxyType({"free": LIMITS}))
     return RateLimiter(
         client,
         guard=RedisGuard(retry_interval=0.2),
@@ -146,6 +146,57 @@ async def test_a_frozen_server_degrades_checks_within_the_timeout(
             await asyncio.sleep(0.05)
         assert decision.allowed
         assert decision.limit == 3
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await open_limiter.close()
+        await closed_limiter.close()
+        await client.aclose()
+
+
+async def test_reserved_tokens_then_a_frozen_server_degrades_within_the_timeout(
+    private_valkey: ValkeyService,
+) -> None:
+    """With local token reservation (no concurrency cap) a frozen server costs no more than
+    before: the tokens already reserved are spent, then the next requests fail open (or
+    closed) within ``socket_timeout``, and are counted again once the server is back."""
+    client: Any = create_redis_client(
+        RedisSettings(url=private_valkey.url, socket_timeout=0.3, connect_timeout=0.3)
+    )
+    limits = MappingProxyType({"free": TierLimits(rate=1_000_000, burst=1_000_000)})
+    open_limiter = limiter_on(client, tiers=limits)
+    closed_limiter = limiter_on(client, tiers=limits, fail_open=False)
+    batch = open_limiter.reserve_batch(limits["free"])
+    who = tenant()
+    pid = int((private_valkey.data_dir / "valkey.pid").read_text())
+    try:
+        assert (await open_limiter.acquire(who)).allowed
+        assert (await closed_limiter.acquire(who)).allowed
+        await open_limiter.drain()
+        await closed_limiter.drain()
+        os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        spent = 0
+        while not (decision := await asyncio.wait_for(open_limiter.acquire(who), 5)).degraded:
+            spent += 1
+            assert spent < batch, "admitted more than the tokens reserved"
+        assert decision.allowed
+        assert time.monotonic() - start < 2.0
+        failed_closed = False
+        for _ in range(batch):  # the tokens still held, then the refusal
+            try:
+                await asyncio.wait_for(closed_limiter.acquire(who), timeout=5)
+            except RateLimitUnavailableError:
+                failed_closed = True
+                break
+        assert failed_closed
+        assert time.monotonic() - start < 4.0
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while (decision := await open_limiter.acquire(who)).degraded:
+            assert time.monotonic() < deadline, "checks never came back"
+            await asyncio.sleep(0.05)
+        assert decision.allowed
+        assert decision.limit == 1_000_000
     finally:
         os.kill(pid, signal.SIGCONT)
         await open_limiter.close()

@@ -19,7 +19,13 @@ from tenantry.cache import (
     parse_redis_url,
 )
 from tenantry.errors import ConfigurationError
-from tenantry.settings import DEFAULT_TIER_LIMITS, RedisSettings, Settings, TierLimits
+from tenantry.settings import (
+    DEFAULT_TIER_LIMITS,
+    RateLimitSettings,
+    RedisSettings,
+    Settings,
+    TierLimits,
+)
 
 TENANT = TenantContext(
     id=UUID("3f1e5791-2948-4abc-8412-6fdc0bd3f3a7"), slug="acme", tier="pro", schema="t_acme"
@@ -172,6 +178,7 @@ def test_cache_session_and_rate_limit_settings_come_from_the_environment() -> No
             "TENANTRY_RATE_LIMIT_FREE": "rate=2, burst=4",
             "TENANTRY_RATE_LIMIT_ENTERPRISE": "concurrency=0,quota=5000000,quota_window=2592000",
             "TENANTRY_RATE_LIMIT_LEASE": "15",
+            "TENANTRY_RATE_LIMIT_RESERVE": "0.05",
         }
     )
     redis, cache, sessions, limits = (
@@ -186,6 +193,8 @@ def test_cache_session_and_rate_limit_settings_come_from_the_environment() -> No
     assert (sessions.cookie_name, sessions.idle_ttl, sessions.absolute_ttl) == ("sid", 600, 7200)
     assert sessions.cookie_secure is False
     assert (limits.enabled, limits.fail_open, limits.concurrency_lease) == (True, False, 15)
+    assert limits.reserve == 0.05
+    assert RateLimitSettings().reserve == 0.1
     assert limits.tiers["free"] == TierLimits(rate=2, burst=4, concurrency=10, quota=100_000)
     assert limits.tiers["pro"] == DEFAULT_TIER_LIMITS["pro"]
     enterprise = limits.tiers["enterprise"]

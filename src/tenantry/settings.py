@@ -176,13 +176,17 @@ class RateLimitSettings:
     object with some of ``TierLimits``' fields) overrides them. ``fail_open``: when Redis
     is unreachable, requests are let through (the default) rather than refused with 503.
     An in-flight slot not released within ``concurrency_lease`` seconds (a crashed worker)
-    is reclaimed.
+    is reclaimed. ``reserve``: a process takes this many seconds of a tenant's sustained
+    rate from Redis at once (at most a quarter of its burst, at most 100 tokens) and admits
+    requests from them without a round trip; 0 checks every request in Redis. Tenants with
+    a concurrency cap are always checked per request (see :mod:`tenantry.cache.ratelimit`).
     """
 
     enabled: bool = True
     fail_open: bool = True
     tiers: Mapping[str, TierLimits] = field(default_factory=lambda: DEFAULT_TIER_LIMITS)
     concurrency_lease: float = 60.0
+    reserve: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,6 +523,7 @@ def _rate_limit_settings(env: Mapping[str, str]) -> RateLimitSettings:
         fail_open=fail == "open",
         tiers=MappingProxyType(tiers),
         concurrency_lease=_float(env, "TENANTRY_RATE_LIMIT_LEASE", 60.0),
+        reserve=_float(env, "TENANTRY_RATE_LIMIT_RESERVE", 0.1),
     )
 
 
