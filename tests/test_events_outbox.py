@@ -138,9 +138,9 @@ async def test_the_app_role_can_publish_but_not_read_or_rewrite_events(
     with pytest.raises(psycopg.DatabaseError, match="tenant-bound"):
         async with platform.db.transaction(owner=False) as conn:
             await conn.execute(
-                "SELECT tenantry.publish_events('pro', ARRAY[gen_random_uuid()], "
-                "ARRAY['x.y'], ARRAY['t.x'], ARRAY[NULL], ARRAY[1], ARRAY[now()], NULL, "
-                "ARRAY['{}'::jsonb])"
+                "SELECT tenantry.publish_events('pro', now(), NULL, jsonb_build_array("
+                "jsonb_build_object('id', gen_random_uuid(), 'type', 'x.y', 'topic', 't.x', "
+                "'subject', NULL, 'version', 1, 'payload', '{}'::jsonb)))"
             )
 
 

@@ -23,10 +23,7 @@ from tenantry.db.transaction import current_transaction
 from tenantry.events.envelope import current_traceparent, topic_for, uuid7
 from tenantry.events.errors import InvalidEventError, NoTransactionError
 
-_PUBLISH = (
-    "SELECT tenantry.publish_events(%s, %s::uuid[], %s::text[], %s::text[], %s::text[], "
-    "%s::integer[], %s::timestamptz[], %s, %s::jsonb[])"
-)
+_PUBLISH = "SELECT tenantry.publish_events(%s, %s, %s, %s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,31 +75,28 @@ class EventPublisher:
                 "'async with platform.db.tenant_transaction() as conn' (or pass conn=)"
             )
         tenant = current_tenant()
-        now = datetime.now(UTC)
         ids = [uuid7() for _ in batch]
-        topics: list[str] = []
-        payloads: list[Jsonb] = []
-        for event in batch:
-            topics.append(topic_for(self.topic_prefix, event.type))
+        documents: list[dict[str, Any]] = []
+        for event_id, event in zip(ids, batch, strict=True):
             if event.key is not None and not isinstance(event.key, str):
                 raise InvalidEventError(f"event key must be a string, got {event.key!r}")
             if isinstance(event.schema_version, bool) or not isinstance(event.schema_version, int):
                 raise InvalidEventError("schema_version must be an integer")
-            payloads.append(Jsonb(event.payload))
+            documents.append(
+                {
+                    "id": str(event_id),
+                    "type": event.type,
+                    "topic": topic_for(self.topic_prefix, event.type),
+                    "subject": event.key,
+                    "version": event.schema_version,
+                    "payload": event.payload,
+                }
+            )
         try:
+            # One JSON document for the batch: far cheaper to encode than typed arrays.
             await conn.execute(
                 _PUBLISH,
-                (
-                    tenant.tier,
-                    ids,
-                    [event.type for event in batch],
-                    topics,
-                    [event.key for event in batch],
-                    [event.schema_version for event in batch],
-                    [now] * len(batch),
-                    current_traceparent(),
-                    payloads,
-                ),
+                (tenant.tier, datetime.now(UTC), current_traceparent(), Jsonb(documents)),
             )
         except TypeError as exc:  # json.dumps on something JSON cannot encode
             raise InvalidEventError(f"event payload is not JSON-serialisable: {exc}") from None

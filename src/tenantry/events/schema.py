@@ -115,10 +115,13 @@ CREATE OR REPLACE FUNCTION tenantry.audit_digest(
 $fn$;
 -- Publish events for the transaction's tenant: append them to the tenant's audit chain
 -- (the head row is locked, so concurrent publishers of one tenant take turns and the chain
--- never forks) and to the outbox, then wake relays and consumers at commit.
+-- never forks) and to the outbox, then wake relays and consumers at commit. The events come
+-- as one JSON array of {id, type, topic, subject, version, payload}, in order: a client
+-- encodes one JSON document far faster than seven typed arrays.
+DROP FUNCTION IF EXISTS tenantry.publish_events(text, uuid[], text[], text[], text[],
+    integer[], timestamptz[], text, jsonb[]);
 CREATE OR REPLACE FUNCTION tenantry.publish_events(
-    p_tier text, p_ids uuid[], p_types text[], p_topics text[], p_subjects text[],
-    p_versions integer[], p_occurred timestamptz[], p_traceparent text, p_payloads jsonb[]
+    p_tier text, p_occurred timestamptz, p_traceparent text, p_events jsonb
 ) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -126,41 +129,45 @@ DECLARE
     v_position bigint;
     v_hash bytea;
     v_shard smallint;
-    i integer;
+    v_event jsonb;
 BEGIN
     IF v_tenant IS NULL THEN
         RAISE EXCEPTION 'events can only be published in a tenant-bound transaction'
             USING ERRCODE = 'TY002';
+    END IF;
+    IF jsonb_typeof(p_events) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'p_events must be a JSON array' USING ERRCODE = '22023';
     END IF;
     INSERT INTO tenantry.audit_heads AS h (tenant_id, position, hash)
     VALUES (v_tenant, 0, '\\x0000000000000000000000000000000000000000000000000000000000000000')
     ON CONFLICT (tenant_id) DO UPDATE SET position = h.position
     RETURNING h.position, h.hash INTO v_position, v_hash;
     v_shard := (hashtext(v_tenant::text) & 63)::smallint;
-    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+    FOR v_event IN SELECT e FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x (e, n)
+                   ORDER BY n LOOP
         v_position := v_position + 1;
         INSERT INTO tenantry.audit_log AS a (tenant_id, position, event_id, type, schema_version,
                                              occurred_at, payload, prev_hash, hash)
-        VALUES (v_tenant, v_position, p_ids[i], p_types[i], p_versions[i], p_occurred[i],
-                p_payloads[i], v_hash,
-                tenantry.audit_digest(v_hash, v_tenant, p_ids[i], p_types[i], p_versions[i],
-                                      p_occurred[i], p_payloads[i]))
+        VALUES (v_tenant, v_position, (v_event->>'id')::uuid, v_event->>'type',
+                (v_event->>'version')::integer, p_occurred, v_event->'payload', v_hash,
+                tenantry.audit_digest(v_hash, v_tenant, (v_event->>'id')::uuid,
+                                      v_event->>'type', (v_event->>'version')::integer,
+                                      p_occurred, v_event->'payload'))
         RETURNING a.hash INTO v_hash;
     END LOOP;
     UPDATE tenantry.audit_heads SET position = v_position, hash = v_hash
     WHERE tenant_id = v_tenant;
     INSERT INTO tenantry.outbox (event_id, tenant_id, tier, type, topic, subject, shard,
                                  schema_version, occurred_at, traceparent, payload)
-    SELECT e.id, v_tenant, p_tier, e.type, e.topic, e.subject, v_shard, e.version,
-           e.occurred, p_traceparent, e.payload
-    FROM unnest(p_ids, p_types, p_topics, p_subjects, p_versions, p_occurred, p_payloads)
-         AS e (id, type, topic, subject, version, occurred, payload);
+    SELECT (e->>'id')::uuid, v_tenant, p_tier, e->>'type', e->>'topic', e->>'subject',
+           v_shard, (e->>'version')::integer, p_occurred, p_traceparent, e->'payload'
+    FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x (e, n)
+    ORDER BY n;
     PERFORM pg_notify('tenantry_outbox', '');
     RETURN v_position;
 END
 $fn$;
-REVOKE ALL ON FUNCTION tenantry.publish_events(text, uuid[], text[], text[], text[],
-    integer[], timestamptz[], text, jsonb[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenantry.publish_events(text, timestamptz, text, jsonb) FROM PUBLIC;
 """
 
 
@@ -176,8 +183,8 @@ async def bootstrap_events(conn: AsyncConnection[Any], *, app_role: str) -> None
         conn,
         sql.SQL(EVENTS_DDL)  # a constant: no input in it
         + sql.SQL(
-            "GRANT EXECUTE ON FUNCTION tenantry.publish_events(text, uuid[], text[], text[], "
-            "text[], integer[], timestamptz[], text, jsonb[]) TO {role};\n"
+            "GRANT EXECUTE ON FUNCTION tenantry.publish_events(text, timestamptz, text, jsonb) "
+            "TO {role};\n"
             "GRANT SELECT (consumer, event_id, tenant_id), INSERT ON tenantry.inbox TO {role};\n"
         ).format(role=role),
     )
