@@ -1,4 +1,9 @@
-"""FastAPI dependencies: the current tenant, a tenant-bound connection, the caller."""
+"""FastAPI dependencies: the current tenant, a tenant-bound connection, the caller.
+
+Every dependency here is ``async def``, even those that never wait: FastAPI runs a plain
+``def`` dependency in its thread pool, and that hop costs more CPU than a cached read's
+whole handler. Write your own dependencies the same way unless they block.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +21,25 @@ from tenantry.web.errors import HTTPProblem
 from tenantry.web.middleware import PRINCIPAL_KEY
 
 
-def get_platform(request: Request) -> Platform:
-    """The :class:`Platform` the app was built with."""
+def platform_of(request: Request) -> Platform:
+    """The :class:`Platform` the app was built with (a plain function, for code that is
+    not a dependency)."""
     platform: Platform = request.app.state.tenantry
     return platform
 
 
-def get_cache(request: Request) -> TenantCache:
+async def get_platform(request: Request) -> Platform:
+    """The :class:`Platform` the app was built with."""
+    return platform_of(request)
+
+
+async def get_cache(request: Request) -> TenantCache:
     """The platform's tenant-scoped cache (it calls loaders directly when Redis is not
     configured or unavailable)."""
-    return get_platform(request).cache
+    return platform_of(request).cache
 
 
-def get_tenant() -> TenantContext:
+async def get_tenant() -> TenantContext:
     """The tenant the middleware bound to this request."""
     return current_tenant()
 
@@ -39,17 +50,17 @@ async def get_tenant_connection(request: Request) -> AsyncIterator[AsyncConnecti
     Commits when the handler returns, before the response is sent (the dependency is
     function-scoped), and rolls back if it raises.
     """
-    async with get_platform(request).db.tenant_transaction() as conn:
+    async with platform_of(request).db.tenant_transaction() as conn:
         yield conn
 
 
-def get_principal(request: Request) -> Principal | None:
+async def get_principal(request: Request) -> Principal | None:
     """The verified caller, or ``None`` for an anonymous request."""
     principal: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_KEY)
     return principal
 
 
-def require_platform_admin(request: Request) -> Principal:
+async def require_platform_admin(request: Request) -> Principal:
     """Admit only a valid platform-admin token (tenant tokens get 403)."""
     tokens: TokenService = request.app.state.tenantry_tokens
     principal = tokens.from_authorization(request.headers.get("authorization", "").encode() or None)

@@ -16,12 +16,12 @@ from fastapi import Depends, Request
 
 from tenantry.context import current_tenant
 from tenantry.flags import TenantFlags
-from tenantry.web.dependencies import get_platform
+from tenantry.web.dependencies import platform_of
 
 
-def get_tenant_flags(request: Request) -> TenantFlags:
+async def get_tenant_flags(request: Request) -> TenantFlags:
     """The platform's flag evaluator bound to the request's tenant."""
-    return get_platform(request).flags.for_tenant(current_tenant())
+    return platform_of(request).flags.for_tenant(current_tenant())
 
 
 CurrentFlags = Annotated[TenantFlags, Depends(get_tenant_flags)]

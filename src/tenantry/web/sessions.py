@@ -14,18 +14,18 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 
 from tenantry.cache import Session, SessionStore
-from tenantry.web.dependencies import get_platform
+from tenantry.web.dependencies import platform_of
 from tenantry.web.errors import HTTPProblem
 
 
-def get_session_store(request: Request) -> SessionStore:
+async def get_session_store(request: Request) -> SessionStore:
     """The platform's :class:`~tenantry.cache.SessionStore`."""
-    return get_platform(request).sessions
+    return platform_of(request).sessions
 
 
 def session_id_from(request: Request) -> str | None:
     """The session id the request's cookie carries, if any."""
-    return request.cookies.get(get_session_store(request).settings.cookie_name)
+    return request.cookies.get(platform_of(request).sessions.settings.cookie_name)
 
 
 async def get_optional_session(request: Request) -> Session | None:
@@ -33,7 +33,7 @@ async def get_optional_session(request: Request) -> Session | None:
     session_id = session_id_from(request)
     if not session_id:
         return None
-    return await get_session_store(request).get(session_id)
+    return await platform_of(request).sessions.get(session_id)
 
 
 async def get_current_session(
