@@ -4,6 +4,7 @@ them, tenantry's consumers end to end, the DLQ topic, and two relays at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -20,7 +21,7 @@ from hr_example import HR_SCHEMA
 from tenantry import Platform, Settings, current_tenant, run_in_executor, tenant_scope
 from tenantry.catalog import Tenant
 from tenantry.events import Event, EventHandlers, NewEvent
-from tenantry.events.consumer import KafkaEventConsumer
+from tenantry.events.consumer import KafkaEventConsumer, _InFlight
 from tests.events_helpers import (
     effect_counts,
     effects,
@@ -244,3 +245,118 @@ async def test_relayed_offsets_are_committed_only_after_handling(
     finally:
         probe.close()
     assert sum(max(tp.offset, 0) for tp in committed) == 7
+
+
+async def test_a_slow_tenant_does_not_hold_up_the_others(
+    kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
+) -> None:
+    """Tenants have lanes of their own: while one tenant's handler is stuck, another
+    tenant's later events are handled; the stuck tenant's offset is not committed past
+    until its event is done, and then everything is."""
+    slow, fast = await make_tenant("kfk"), await make_tenant("kfk")
+    fam = family()
+    kind = f"{fam}.created"
+    group = f"g-{family()}"
+    handlers = EventHandlers(group)
+    release = asyncio.Event()
+
+    @handlers.on(kind)
+    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
+        if event.tenant.id == slow.id:
+            await release.wait()
+        await record_effect(conn, group, event)
+
+    await _publish(kafka_platform, slow, kind, 1)
+    fast_ids = await _publish(kafka_platform, fast, kind, 5)
+    await kafka_platform.events.relay().relay_batch()
+    consumer = kafka_platform.events.consumer(group, handlers)
+    async with running(consumer.run):
+        await wait_for(lambda: _count(kafka_platform, group, 5), what="the fast tenant's 5")
+        assert await effect_counts(kafka_platform, group) == dict.fromkeys(fast_ids, 1)
+        release.set()
+        await wait_for(lambda: _count(kafka_platform, group, 6), what="the slow tenant's")
+        await asyncio.sleep(0.5)  # the next poll commits
+    topic = kafka_platform.settings.events.topic_prefix + fam
+    probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    try:
+        committed = probe.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
+    finally:
+        probe.close()
+    assert sum(max(tp.offset, 0) for tp in committed) == 6
+
+
+async def test_members_joining_and_leaving_keep_each_tenant_in_order_once(
+    kafka_platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """A second member joins mid-stream and the first leaves: partitions change hands
+    (a member finishes and commits what it holds before it lets go), and every event's
+    effect happens once, each tenant's in publishing order."""
+    tenants = [await make_tenant("kfk") for _ in range(6)]
+    kind = f"{family()}.created"
+    group = f"g-{family()}"
+    handlers = EventHandlers(group)
+
+    @handlers.on(kind)
+    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
+        await asyncio.sleep(0.002)  # slow enough that records are in flight at a rebalance
+        await record_effect(conn, group, event, n=event.payload["n"])
+
+    async def publish_rounds(rounds: range) -> list[UUID]:
+        ids: list[UUID] = []
+        for r in rounds:
+            for tenant in tenants:
+                ids += await _publish(kafka_platform, tenant, kind, 5, start=5 * r)
+            await asyncio.sleep(0.05)
+        return ids
+
+    first = kafka_platform.events.consumer(group, handlers)
+    second = kafka_platform.events.consumer(group, handlers)
+    relay = kafka_platform.events.relay()
+    async with running(relay.run):
+        first_task = asyncio.create_task(first.run())
+        try:
+            ids = await publish_rounds(range(0, 10))
+            async with running(second.run):
+                ids += await publish_rounds(range(10, 20))
+                first_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first_task
+                ids += await publish_rounds(range(20, 30))
+                await wait_for(
+                    lambda: _count(kafka_platform, group, len(ids)),
+                    what=f"{len(ids)} effects",
+                    seconds=60,
+                )
+        finally:
+            first_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first_task
+    assert await effect_counts(kafka_platform, group) == dict.fromkeys(ids, 1)
+    assert first.processor.stats["handled"] > 0
+    assert second.processor.stats["handled"] > 0
+    rows = await effects(kafka_platform, group)
+    for tenant in tenants:
+        assert [r["n"] for r in rows if r["tenant_id"] == tenant.id] == list(range(150))
+
+
+def test_offsets_are_committed_to_the_end_of_the_handled_prefix() -> None:
+    """Per partition, the commit point is the first record not yet handled: records
+    handled out of order (other tenants' lanes) do not move it past an unhandled one."""
+    flight = _InFlight()
+    for offset in range(5):
+        flight.add(("t", 0, offset))
+    flight.add(("t", 1, 7))
+    flight.done(("t", 0, 1))
+    flight.done(("t", 0, 2))
+    assert flight.committable() == []
+    flight.done(("t", 0, 0))
+    assert [(tp.partition, tp.offset) for tp in flight.committable()] == [(0, 3)]
+    assert flight.committable() == []  # each commit point is handed out once
+    flight.done(("t", 1, 7))
+    flight.done(("t", 0, 4))
+    assert sorted((tp.partition, tp.offset) for tp in flight.committable()) == [(1, 8)]
+    assert flight.busy({("t", 0)})
+    assert not flight.busy({("t", 1)})
+    flight.done(("t", 0, 3))
+    assert [(tp.partition, tp.offset) for tp in flight.release({("t", 0)})] == [(0, 5)]
+    assert flight.count == 0
