@@ -66,7 +66,7 @@ class Observability:
         if self.metrics.enabled:
             db.on_transaction = self.metrics.observe_transaction
         if self.tracing.enabled:
-            cursor = self.tracing.traced_cursor_class()
+            cursor = self.tracing.cursor_factory()
             for cell in db.cells.values():
                 for pool in (cell.app_pool, cell.owner_pool):
                     # The pools are not open yet: their connections get the traced cursor.

@@ -113,9 +113,10 @@ class PlatformMetrics:
             buckets=LAG_BUCKETS,
             registry=reg,
         )
-        self._requests: dict[tuple[str, str, int, str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int, str, str], tuple[Any, Any]] = {}
         self._durations: dict[tuple[str, str, str, str], Any] = {}
         self._by_tier: dict[tuple[int, str], Any] = {}
+        self._rejections: dict[tuple[str, str, str], Any] = {}
         self._flags: dict[tuple[str, str], Any] = {}
         self._extra: list[Collector] = []
         self.registry.register(_LabelerCollector(self.tenants))
@@ -137,24 +138,35 @@ class PlatformMetrics:
         self, route: str, method: str, status: int, tier: str, tenant: str, seconds: float
     ) -> None:
         """Count one served request and its latency (labels from :meth:`tenant_label`)."""
-        if method not in _METHODS:
-            method = "OTHER"
         key = (route, method, status, tier, tenant)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.http_requests.labels(
-                route, method, str(status), tier, tenant
-            )
-        child.inc()
-        dkey = (route, method, tier, tenant)
+        children = self._requests.get(key)
+        if children is None:
+            children = self._request_children(route, method, status, tier, tenant)
+        counter, hist = children
+        counter.inc()
+        hist.observe(seconds)
+
+    def _request_children(
+        self, route: str, method: str, status: int, tier: str, tenant: str
+    ) -> tuple[Any, Any]:
+        """The (counter, histogram) label children of one request label set, cached."""
+        label_method = method if method in _METHODS else "OTHER"
+        dkey = (route, label_method, tier, tenant)
         hist = self._durations.get(dkey)
         if hist is None:
-            hist = self._durations[dkey] = self.http_duration.labels(route, method, tier, tenant)
-        hist.observe(seconds)
+            hist = self._durations[dkey] = self.http_duration.labels(*dkey)
+        counter = self.http_requests.labels(route, label_method, str(status), tier, tenant)
+        if label_method == method:  # unknown methods are not cached one by one
+            self._requests[(route, method, status, tier, tenant)] = (counter, hist)
+        return counter, hist
 
     def observe_rate_limited(self, reason: str, tier: str, tenant: str) -> None:
         """Count one request refused by the rate limiter."""
-        self.rate_limited.labels(reason, tier, tenant).inc()
+        key = (reason, tier, tenant)
+        child = self._rejections.get(key)
+        if child is None:
+            child = self._rejections[key] = self.rate_limited.labels(reason, tier, tenant)
+        child.inc()
 
     # -- database, flags, events ---------------------------------------------------------
     def observe_transaction(self, tenant: TenantContext, seconds: float) -> None:

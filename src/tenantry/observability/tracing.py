@@ -9,8 +9,9 @@ over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set and to any exporter a
 :meth:`Tracing.add_exporter` (an in-memory one in tests).
 
 Every span tenantry starts carries ``tenant.id`` (and ``tenant.slug``, ``tenant.tier``).
-SQL spans come from a psycopg cursor class installed on the pools; they are only created
-inside a recorded trace, so background loops and unsampled requests pay nothing.
+SQL spans come from a psycopg cursor factory installed on the pools: inside a recorded
+trace it builds a cursor whose statements are (leaf) child spans, elsewhere a plain psycopg
+cursor, so background loops and unsampled requests pay one context look-up per cursor.
 Events carry the trace in a ``traceparent`` field/header: :meth:`Tracing.traceparent`
 writes it, :meth:`Tracing.extract` continues it on the consumer side.
 """
@@ -18,7 +19,7 @@ writes it, :meth:`Tracing.extract` continues it on the consumer side.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,7 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from psycopg import AsyncCursor
 
@@ -40,11 +41,26 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 _MAX_STATEMENT = 2000
 
 
+_TENANT_ATTRIBUTES: dict[int, tuple[TenantContext, dict[str, str]]] = {}
+
+
 def tenant_attributes(tenant: TenantContext | None) -> dict[str, str]:
-    """The span attributes naming ``tenant`` (empty without one)."""
+    """The span attributes naming ``tenant`` (empty without one); a new dict each call."""
     if tenant is None:
         return {}
-    return {"tenant.id": str(tenant.id), "tenant.slug": tenant.slug, "tenant.tier": tenant.tier}
+    # Rendered once per tenant context (str(UUID) is not free); the entry holds the
+    # context, so its id() cannot be reused while cached.
+    cached = _TENANT_ATTRIBUTES.get(id(tenant))
+    if cached is None or cached[0] is not tenant:
+        if len(_TENANT_ATTRIBUTES) >= 1024:
+            _TENANT_ATTRIBUTES.clear()
+        attrs = {
+            "tenant.id": str(tenant.id),
+            "tenant.slug": tenant.slug,
+            "tenant.tier": tenant.tier,
+        }
+        cached = _TENANT_ATTRIBUTES[id(tenant)] = (tenant, attrs)
+    return dict(cached[1])
 
 
 class Tracing:
@@ -141,27 +157,66 @@ class Tracing:
         return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
     def traced_cursor_class(self) -> type[AsyncCursor[Any]]:
-        """A psycopg cursor class whose statements become child spans of the current one."""
+        """A psycopg cursor class whose statements become child spans of the current one.
+
+        Outside a recorded span a statement costs one context look-up. A statement's span
+        is a leaf: it is started and ended around the statement without being made
+        current (no context attach/detach); an error is recorded on it as
+        ``start_as_current_span`` would.
+        """
         tracer = self.tracer
+        current_span = trace.get_current_span
 
         class TracedAsyncCursor(AsyncCursor[Any]):
             async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-                if not trace.get_current_span().is_recording():
+                if not current_span().is_recording():
                     return await super().execute(query, params, **kwargs)
-                with tracer.start_as_current_span(
+                span = tracer.start_span(
                     "db.query", kind=SpanKind.CLIENT, attributes=_sql_attributes(query, self)
-                ):
+                )
+                try:
                     return await super().execute(query, params, **kwargs)
+                except Exception as exc:
+                    _record_error(span, exc)
+                    raise
+                finally:
+                    span.end()
 
             async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
-                if not trace.get_current_span().is_recording():
+                if not current_span().is_recording():
                     return await super().executemany(query, params_seq, **kwargs)
-                with tracer.start_as_current_span(
+                span = tracer.start_span(
                     "db.query", kind=SpanKind.CLIENT, attributes=_sql_attributes(query, self)
-                ):
+                )
+                try:
                     return await super().executemany(query, params_seq, **kwargs)
+                except Exception as exc:
+                    _record_error(span, exc)
+                    raise
+                finally:
+                    span.end()
 
         return TracedAsyncCursor
+
+    def cursor_factory(self) -> Callable[..., AsyncCursor[Any]]:
+        """What the pools' connections build cursors with: a plain psycopg cursor when no
+        span is recording (an unsampled request's statements run exactly as with tracing
+        off), a :meth:`traced_cursor_class` one inside a recorded trace. Decided when the
+        cursor is created, which for ``conn.execute`` is the statement itself."""
+        traced = self.traced_cursor_class()
+        current_span = trace.get_current_span
+
+        def make_cursor(connection: Any, *, row_factory: Any = None) -> AsyncCursor[Any]:
+            kind = traced if current_span().is_recording() else AsyncCursor
+            return kind(connection, row_factory=row_factory)
+
+        return make_cursor
+
+
+def _record_error(span: Span, exc: Exception) -> None:
+    """What ``start_as_current_span`` does with an exception: an event and ERROR status."""
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 def _sql_attributes(query: Any, cursor: AsyncCursor[Any]) -> dict[str, str]:
@@ -174,8 +229,9 @@ def _sql_attributes(query: Any, cursor: AsyncCursor[Any]) -> dict[str, str]:
             text = query.as_string(cursor.connection)  # sql.Composed / sql.SQL
         except Exception:
             text = type(query).__name__
-    attrs = {"db.system": "postgresql", "db.statement": text[:_MAX_STATEMENT]}
-    attrs.update(tenant_attributes(current_tenant_or_none()))
+    attrs = tenant_attributes(current_tenant_or_none())
+    attrs["db.system"] = "postgresql"
+    attrs["db.statement"] = text[:_MAX_STATEMENT]
     return attrs
 
 

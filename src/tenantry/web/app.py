@@ -23,7 +23,7 @@ from tenantry.web.auth import TokenService
 from tenantry.web.errors import problem_for, problem_response
 from tenantry.web.flag_admin import router as flag_admin_router
 from tenantry.web.middleware import DEFAULT_EXEMPT, TenantMiddleware
-from tenantry.web.observability import ObservabilityMiddleware
+from tenantry.web.observability import REQUEST_ID_KEY, ObservabilityMiddleware
 from tenantry.web.observability_admin import router as observability_admin_router
 from tenantry.web.ratelimit import RateLimitMiddleware
 from tenantry.web.resolver import ChainResolver, TenantResolver
@@ -120,7 +120,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         # Still the JSON error shape; the exception is logged with its traceback.
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return problem_response(500, "internal_error", "internal error")
+        # Rendered outside the observability middleware: it left the request id here.
+        request_id = (request.scope.get("state") or {}).get(REQUEST_ID_KEY)
+        headers = {"X-Request-ID": request_id} if request_id else None
+        return problem_response(500, "internal_error", "internal error", headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: Exception) -> Response:
