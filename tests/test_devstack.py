@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tenantry.devstack.kafka import KAFKA_VERSION, api_versions_ok
+from tenantry.devstack.kafka import KAFKA_VERSION, api_versions_ok, cluster_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +53,16 @@ def test_status_lists_running_services(service: str, kafka_bootstrap: str) -> No
     )
     assert result.returncode == 0
     assert result.stdout.startswith(f"{service}: running at")
+
+
+def test_cluster_ids_are_never_read_as_an_option() -> None:
+    """About one random id in 64 starts with '-' in URL-safe base64; the storage tool would
+    take it for an option and fail the first start. Every id is 22 characters, 16 bytes."""
+    import base64
+
+    ids = {cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for value in ids:
+        assert not value.startswith("-")
+        assert len(value) == 22
+        assert len(base64.urlsafe_b64decode(value + "==")) == 16

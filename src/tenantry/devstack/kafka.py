@@ -112,6 +112,16 @@ def api_versions_ok(host: str, port: int) -> bool:
         return False
 
 
+def cluster_id() -> str:
+    """A new cluster id: a random UUID in URL-safe base64 without padding, never starting
+    with ``-`` (the storage tool would read such an id as an option), as Kafka's own
+    ``Uuid.randomUuid`` guarantees."""
+    while True:
+        encoded = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not encoded.startswith("-"):
+            return encoded
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaService:
     """One single-node KRaft broker: its data folder, client and controller ports.
@@ -208,14 +218,13 @@ class KafkaService:
     def _format(self, properties: Path) -> None:
         if (self.data_dir / "logs" / "meta.properties").exists():
             return
-        encoded = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             self._java_command(
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
                 "-t",
-                encoded,
+                cluster_id(),
                 "-c",
                 str(properties),
             ),
