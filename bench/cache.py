@@ -13,12 +13,15 @@ Three measurements, every one against a baseline taken in the same run:
    limiting costs a busy API), against a baseline in the same run: the same script sent
    through redis-py one ``EVALSHA`` per check. With a concurrency cap each request also
    gives its slot back (a second command, never waited for: it rides with the next write).
-   Without a cap the limiter reserves tokens by the batch (the default): its row gives the
-   commands per check averaged over the sequential calls, and the CPU per admitted request.
+   By default the limiter reserves tokens by the batch (and, with a cap, leases slots by
+   the batch): those rows give the commands per check averaged over the sequential calls,
+   and the CPU per admitted request.
 3. **Throughput with and without rate limiting.** The same endpoint on apps that differ
    only in rate limiting (off; GCRA without a concurrency cap, checked in Redis on every
    request (``TENANTRY_RATE_LIMIT_RESERVE=0``); the same with local token reservation, the
-   default; GCRA with the cap, checked on every request),
+   default; GCRA with the pro tier's concurrency cap, checked on every request
+   (``TENANTRY_RATE_LIMIT_RESERVE=0``, how capped tenants were limited before slot
+   leasing); the same with reserved tokens and leased slots, the default),
    ``--concurrency`` requests in flight, for an uncached read
    (``GET /api/employees?limit=50``) and a cached one (``GET /api/departments``). The
    tenant's limits are raised so nothing is refused: what is measured is the check, not
@@ -301,6 +304,14 @@ async def check_cost(url: str, prefix: str, checks: int) -> list[list[Any]]:
                 client, keys, "GCRA + quota, reserved tokens (default)", 0, checks, reserve=0.1
             ),
             await measure_limiter(client, keys, "GCRA + quota + concurrency cap", 1000, checks),
+            await measure_limiter(
+                client,
+                keys,
+                "GCRA + quota + cap, reserved tokens + leased slots (default)",
+                1000,
+                checks,
+                reserve=0.1,
+            ),
         ]
     finally:
         stale = [key async for key in client.scan_iter(match=f"{prefix}*")]
@@ -374,12 +385,13 @@ async def latency_and_check_cost(
 
 
 # -- 3. throughput, interleaved ---------------------------------------------------------------
-VARIANTS = ("cached", "limited-checked", "limited-nocap", "limited")
+VARIANTS = ("cached", "limited-checked", "limited-nocap", "limited-capchecked", "limited")
 LABELS = {
     "cached": "no rate limiting",
     "limited-checked": "rate limit, a check per request",
     "limited-nocap": "rate limit, reserved tokens",
-    "limited": "rate limit + concurrency cap",
+    "limited-capchecked": "rate limit + cap, per request",
+    "limited": "rate limit + cap, leased slots",
 }
 
 
@@ -467,6 +479,9 @@ async def run(args: Any, url: str) -> dict[str, Any]:
             "limited": hr_example.create_app(app_settings(url, args.redis_url, prefix)),
             "limited-nocap": hr_example.create_app(
                 app_settings(url, args.redis_url, prefix, TENANTRY_RATE_LIMIT_PRO="concurrency=0")
+            ),
+            "limited-capchecked": hr_example.create_app(
+                app_settings(url, args.redis_url, prefix, TENANTRY_RATE_LIMIT_RESERVE="0")
             ),
             "limited-checked": hr_example.create_app(
                 app_settings(

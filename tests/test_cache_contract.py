@@ -717,3 +717,195 @@ async def test_a_limit_change_drops_reserved_tokens(backend: Backend) -> None:
     assert held.lease is not None
     refused = await limiter.acquire(capped)
     assert (refused.allowed, refused.reason) == (False, "concurrency")
+
+
+# -- leased concurrency slots (tenants with a cap) --------------------------------------------
+def inflight_key(backend: Backend, who: TenantContext) -> str:
+    return backend.keys.internal("_rl", "api:inflight", who.id)
+
+
+async def test_leased_slots_admit_capped_requests_without_round_trips(backend: Backend) -> None:
+    """With a cap of 40 a process leases slots by tens (with its tokens): 300 requests cost
+    a few dozen round trips, each carries the ``RateLimit-*`` headers, and Redis counts the
+    leased slots as in flight; ``drain`` gives the idle ones back."""
+    limits = TierLimits(rate=1_000_000, burst=1_000_000, concurrency=40)
+    limiter = backend.limiter(limits)
+    assert (limiter.reserve_batch(limits), limiter.lease_size(limits)) == (100, 10)
+    who = tenant()
+    for _ in range(300):
+        decision = await limiter.acquire(who)
+        assert decision.allowed
+        assert not decision.degraded
+        assert decision.lease is None
+        assert decision.slot is not None
+        limiter.release(decision)
+    assert limiter.pipeline.commands <= 300 // 10
+    names = [name for name, _ in decision.headers()]
+    assert names == ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+    assert 1 <= await backend.client.zcard(inflight_key(backend, who)) <= 10 + 1
+    await limiter.drain()
+    assert await backend.client.zcard(inflight_key(backend, who)) == 0
+
+
+async def test_lease_size_follows_the_cap(backend: Backend) -> None:
+    """A quarter of the cap, at most 100; a cap below 8 (a lease below 2) keeps the check
+    per request."""
+    limiter = backend.limiter(TierLimits(rate=1000, burst=2000))
+    assert limiter.lease_size(TierLimits(rate=1000, burst=2000, concurrency=200)) == 50
+    assert limiter.lease_size(TierLimits(rate=1000, burst=2000, concurrency=8)) == 2
+    assert limiter.reserve_batch(TierLimits(rate=1000, burst=2000, concurrency=8)) == 100
+    assert limiter.reserve_batch(TierLimits(rate=1000, burst=2000, concurrency=7)) == 0
+    assert limiter.lease_size(TierLimits(rate=1000, burst=2000)) == 0
+    small = TierLimits(rate=1000, burst=2000, concurrency=7)
+    checked = backend.limiter(small)
+    who = tenant()
+    decision = await checked.acquire(who)
+    assert decision.lease is not None
+    assert decision.slot is None
+    checked.release(decision)
+
+
+async def test_processes_leasing_slots_never_exceed_the_cap(backend: Backend) -> None:
+    """Four limiters (four processes) hammer one capped tenant with requests held a few
+    milliseconds: at no moment are more than ``concurrency`` requests admitted and in flight
+    together, Redis never counts more, and the excess is refused with ``concurrency``."""
+    limits = TierLimits(rate=1_000_000, burst=1_000_000, concurrency=12)
+    limiters = [backend.limiter(limits) for _ in range(4)]
+    assert limiters[0].lease_size(limits) == 3
+    who = tenant()
+    key = inflight_key(backend, who)
+    state = {"now": 0, "peak": 0, "admitted": 0, "redis_peak": 0}
+    refused: list[RateDecision] = []
+
+    async def worker(limiter: RateLimiter, stop: float, n: int) -> None:
+        while time.monotonic() < stop:
+            decision = await limiter.acquire(who)
+            if not decision.allowed:
+                refused.append(decision)
+                await asyncio.sleep(0.001)
+                continue
+            state["now"] += 1
+            state["admitted"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+            try:
+                await asyncio.sleep(0.001 * (n % 4))
+            finally:
+                state["now"] -= 1
+                limiter.release(decision)
+
+    async def watch(stop: float) -> None:
+        while time.monotonic() < stop:
+            state["redis_peak"] = max(state["redis_peak"], await backend.client.zcard(key))
+            await asyncio.sleep(0.002)
+
+    stop = time.monotonic() + 0.8
+    await asyncio.gather(watch(stop), *(worker(lim, stop, n) for lim in limiters for n in range(6)))
+    assert state["peak"] <= limits.concurrency
+    assert state["redis_peak"] <= limits.concurrency
+    assert state["admitted"] > 100
+    assert refused
+    assert {d.reason for d in refused} == {"concurrency"}
+    assert all(d.retry_after > 0 for d in refused)
+    assert sum(lim.pipeline.commands for lim in limiters) < state["admitted"] + len(refused)
+
+
+async def test_idle_leased_slots_are_given_back(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slots a process leased and no longer uses go back to Redis ``LEASE_IDLE`` s after
+    its last request: another process can then hold the whole cap."""
+    monkeypatch.setattr(ratelimit, "LEASE_IDLE", 0.1)
+    limits = TierLimits(rate=1_000_000, burst=1_000_000, concurrency=8)
+    first, second = backend.limiter(limits), backend.limiter(limits)
+    who = tenant()
+    limiter_release = await first.acquire(who)
+    first.release(limiter_release)
+    assert await backend.client.zcard(inflight_key(backend, who)) == 2  # a lease of 2
+    held = [await second.acquire(who) for _ in range(8)]
+    assert [d.allowed for d in held] == [True] * 6 + [False] * 2  # under-admission
+    assert {d.reason for d in held[6:]} == {"concurrency"}
+    await asyncio.sleep(0.3)
+    assert await backend.client.zcard(inflight_key(backend, who)) == 6  # second's requests
+    more = [await second.acquire(who) for _ in range(4)]
+    assert [d.allowed for d in more] == [True] * 2 + [False] * 2
+    for decision in [*held, *more]:
+        second.release(decision)
+
+
+async def test_a_vanished_process_frees_its_leased_slots_after_the_lease(
+    backend: Backend,
+) -> None:
+    """A process that dies holding leased slots (never gives them back) loses them after
+    ``concurrency_lease`` s, like any request's slot: the cap is whole again."""
+    limits = TierLimits(rate=1_000_000, burst=1_000_000, concurrency=8)
+    crashed = backend.limiter(limits, concurrency_lease=0.4)
+    survivor = backend.limiter(limits, concurrency_lease=0.4)
+    who = tenant()
+    held = [await crashed.acquire(who) for _ in range(3)]
+    assert all(d.allowed for d in held)
+    for reserve in list(crashed._leasing):  # as if the process were gone: nothing runs
+        assert reserve.timer is not None
+        reserve.timer.cancel()
+    crashed._leasing.clear()
+    leaked = await backend.client.zcard(inflight_key(backend, who))
+    assert 3 <= leaked <= 3 + 2
+    got = [await survivor.acquire(who) for _ in range(8)]
+    assert sum(d.allowed for d in got) == 8 - leaked
+    for decision in got:
+        survivor.release(decision)
+    await asyncio.sleep(0.6)
+    await survivor.drain()  # its own idle slots go back; the dead one's have expired
+    assert await backend.client.zcard(inflight_key(backend, who)) == 0
+    again = [await survivor.acquire(who) for _ in range(9)]
+    assert [d.allowed for d in again] == [True] * 8 + [False]
+
+
+async def test_a_limit_change_drops_leased_slots(backend: Backend) -> None:
+    """Slots leased under old limits go back when the limits change (those backing
+    requests in flight when they end), and the new cap is enforced against everything
+    Redis still counts."""
+    limiter = backend.limiter(TierLimits(rate=1_000_000, burst=1_000_000, concurrency=40))
+    who = tenant()
+    key = inflight_key(backend, who)
+    running = await limiter.acquire(who)
+    assert running.slot is not None
+    assert await backend.client.zcard(key) == 10  # a lease of 10, one slot in use
+    old_members = set(await backend.client.zrange(key, 0, -1))
+    changed = TenantContext(
+        id=who.id,
+        slug=who.slug,
+        tier=who.tier,
+        schema=who.schema,
+        attributes={"rate_limit": {"concurrency": 8}},
+    )
+    fresh = await limiter.acquire(changed)  # retires the old lease, leases under cap 8
+    assert fresh.allowed
+    assert fresh.slot is not None
+    assert fresh.slot is not running.slot
+    await limiter.drain()
+    members = set(await backend.client.zrange(key, 0, -1))
+    assert len(members & old_members) == 1  # only the running request's slot is left
+    limiter.release(running)
+    await limiter.drain()
+    assert not set(await backend.client.zrange(key, 0, -1)) & old_members
+    held = [fresh, *[await limiter.acquire(changed) for _ in range(8)]]
+    assert [d.allowed for d in held] == [True] * 8 + [False]
+    for decision in held:
+        limiter.release(decision)
+
+
+async def test_a_large_cap_leases_in_chunks(backend: Backend) -> None:
+    """A cap in the thousands: a process holding 1,500 requests leases (and gives back)
+    its slots in one script run each, chunked within Lua's limits."""
+    limits = TierLimits(rate=1_000_000, burst=1_000_000, concurrency=4000)
+    limiter = backend.limiter(limits)
+    assert limiter.lease_size(limits) == 100
+    who = tenant()
+    held = [await limiter.acquire(who) for _ in range(1500)]
+    assert all(d.allowed for d in held)
+    assert all(d.slot is not None for d in held)
+    assert 1500 <= await backend.client.zcard(inflight_key(backend, who)) <= 1500 + 100
+    for decision in held:
+        limiter.release(decision)
+    await limiter.drain()
+    assert await backend.client.zcard(inflight_key(backend, who)) == 0

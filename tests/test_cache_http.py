@@ -398,3 +398,45 @@ async def test_rate_limiting_can_fail_closed(settings: Settings) -> None:
         assert refused.json()["error"]["code"] == "rate_limiter_unavailable"
         assert refused.headers["retry-after"] == "1"
         assert (await http.get("/health")).status_code == 200
+
+
+async def test_a_noisy_neighbour_is_capped_from_leased_slots_too(settings: Settings) -> None:
+    """With a concurrency cap the process leases slots (two at a time here, with its
+    tokens): the flood's excess gets 429 ``too_many_concurrent_requests`` with the usual
+    headers, admitted requests carry ``RateLimit-*``, and quiet tenants all succeed."""
+    limits = TierLimits(rate=1000, burst=1000, concurrency=8)
+    async with serve(limited(settings, limits)) as (app, http):
+        platform: Platform = app.state.tenantry
+        assert platform.rate_limiter is not None
+        assert platform.rate_limiter.lease_size(limits) == 2
+        assert platform.rate_limiter.reserve_batch(limits) == 100
+        noisy = await platform.tenants.create(unique_slug("noisy"))
+        quiet = [await platform.tenants.create(unique_slug("quiet")) for _ in range(2)]
+        gate = asyncio.Semaphore(40)
+
+        async def get(tenant: Tenant) -> httpx.Response:
+            async with gate:
+                return await http.get("/api/departments", headers=tenant_headers(tenant))
+
+        async def polite(tenant: Tenant) -> list[httpx.Response]:
+            return [await get(tenant) for _ in range(8)]  # one at a time: within the cap
+
+        flood, *calm = await asyncio.gather(
+            asyncio.gather(*(get(noisy) for _ in range(300))), *(polite(t) for t in quiet)
+        )
+        await platform.rate_limiter.drain()
+    assert {r.status_code for batch in calm for r in batch} == {200}
+    codes = [r.status_code for r in flood]
+    assert set(codes) == {200, 429}
+    refused = next(r for r in flood if r.status_code == 429)
+    assert refused.json() == {
+        "error": {
+            "code": "too_many_concurrent_requests",
+            "message": "too many requests in flight for this tenant",
+        }
+    }
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-limit"] == "1000"
+    ok = next(r for r in flood if r.status_code == 200)
+    assert ok.headers["ratelimit-limit"] == "1000"
+    assert 0 <= int(ok.headers["ratelimit-remaining"]) <= 1000

@@ -204,6 +204,79 @@ async def test_reserved_tokens_then_a_frozen_server_degrades_within_the_timeout(
         await client.aclose()
 
 
+async def test_leased_slots_then_a_frozen_server_degrades_within_the_timeout(
+    private_valkey: ValkeyService,
+) -> None:
+    """With concurrency slots leased (a capped tenant) a frozen server costs no more than
+    with tokens: the slots (and tokens) already held are used, never more, then the next
+    requests fail open (or closed) within ``socket_timeout``; once the server is back,
+    checks are counted again and no leased slot is left behind."""
+    client: Any = create_redis_client(
+        RedisSettings(url=private_valkey.url, socket_timeout=0.3, connect_timeout=0.3)
+    )
+    capped = TierLimits(rate=1_000_000, burst=1_000_000, concurrency=40)
+    limits = MappingProxyType({"free": capped})
+    open_limiter = limiter_on(client, tiers=limits)
+    closed_limiter = limiter_on(client, tiers=limits, fail_open=False)
+    assert open_limiter.lease_size(capped) == 10
+    who = tenant()
+    pid = int((private_valkey.data_dir / "valkey.pid").read_text())
+    held: list[Any] = []
+    try:
+        held.append(await open_limiter.acquire(who))
+        held.append(await closed_limiter.acquire(who))
+        assert all(d.slot is not None for d in held)
+        await asyncio.sleep(0.05)  # background leases settle
+        os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        spent = 0
+        while not (decision := await asyncio.wait_for(open_limiter.acquire(who), 5)).degraded:
+            assert decision.slot is not None
+            held.append(decision)
+            spent += 1
+            assert spent <= 20, "admitted more than the slots leased"
+        assert decision.allowed
+        assert time.monotonic() - start < 2.0
+        failed_closed = False
+        for _ in range(40):  # the slots still held, then the refusal
+            try:
+                held.append(await asyncio.wait_for(closed_limiter.acquire(who), timeout=5))
+            except RateLimitUnavailableError:
+                failed_closed = True
+                break
+        assert failed_closed
+        assert time.monotonic() - start < 4.0
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while (decision := await open_limiter.acquire(who)).degraded:
+            assert time.monotonic() < deadline, "checks never came back"
+            await asyncio.sleep(0.05)
+        assert decision.allowed
+        assert decision.slot is not None
+        held.append(decision)
+        while True:
+            try:
+                held.append(await closed_limiter.acquire(who))
+                break
+            except RateLimitUnavailableError:
+                assert time.monotonic() < deadline, "checks never came back"
+                await asyncio.sleep(0.05)
+        for limiter in (open_limiter, closed_limiter):
+            for d in held:
+                if d.slot is not None and d.slot in limiter._leasing:
+                    limiter.release(d)
+        await open_limiter.drain()
+        await closed_limiter.drain()
+        for limiter in (open_limiter, closed_limiter):
+            inflight = limiter.keys.internal("_rl", "api:inflight", who.id)
+            assert await client.zcard(inflight) == 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await open_limiter.close()
+        await closed_limiter.close()
+        await client.aclose()
+
+
 async def test_close_gives_back_queued_slots_first(redis_url: str) -> None:
     """Slots released just before shutdown reach Redis: ``close`` drains before closing."""
     client: Any = create_redis_client(RedisSettings(url=redis_url))

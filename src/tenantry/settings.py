@@ -178,8 +178,9 @@ class RateLimitSettings:
     An in-flight slot not released within ``concurrency_lease`` seconds (a crashed worker)
     is reclaimed. ``reserve``: a process takes this many seconds of a tenant's sustained
     rate from Redis at once (at most a quarter of its burst, at most 100 tokens) and admits
-    requests from them without a round trip; 0 checks every request in Redis. Tenants with
-    a concurrency cap are always checked per request (see :mod:`tenantry.cache.ratelimit`).
+    requests from them without a round trip, and under a concurrency cap of 8 or more also
+    leases a quarter of the cap in slots (see :mod:`tenantry.cache.ratelimit`); 0 checks
+    every request in Redis.
     """
 
     enabled: bool = True

@@ -1,6 +1,7 @@
 """Per-tenant rate limits, quotas and concurrency caps, in one Lua script.
 
-One ``EVALSHA`` per request checks, atomically and on Redis' clock:
+One ``EVALSHA`` checks, atomically and on Redis' clock (per request, or per batch of
+requests: see the reservation below):
 
 * a **quota**: at most ``quota`` requests per ``quota_window`` (fixed windows aligned to the
   epoch, so 86400 is UTC days);
@@ -18,24 +19,47 @@ one. All three keys carry the tenant's hash tag, so the script runs on one clust
 Limits come from the tenant's tier (:class:`~tenantry.settings.RateLimitSettings`),
 overridden by the catalog attribute ``rate_limit`` (e.g. ``{"rate": 500, "burst": 1000}``).
 
-**Local token reservation** (tenants without a concurrency cap). Waiting for a check
-costs a request far more than the check's own CPU: its handler resumes one event-loop
-round later, behind whatever else is running (measured in ``bench/cache.py``: ~100-150 µs
-of CPU per cached read). So a process takes a small batch of tokens in one check (the
-same script: ``cost`` must conform, then up to ``batch`` in all are taken, as many as
-conform now and fit in the quota) and admits the next requests from it without a round
-trip, refilling in the background when half is spent; requests that find none wait for
-that one refill. The batch is ``RateLimitSettings.reserve`` seconds of the tenant's
-sustained ``rate``, at most a quarter of ``burst`` and at most 100; a batch below 2 (the
-free tier's defaults, say) means a check per request. Tokens are consumed in Redis when
-reserved, so the quota is never exceeded and a burst admitted at once is never larger than
-``burst``; what changes is *when* a reserved token is spent: across ``P`` processes, any
-interval admits at most ``P x batch`` more than GCRA alone would (tokens reserved
-earlier, spent in it), and reserved tokens that go unspent are lost to the tenant
-(``RateLimit-Remaining`` is the count Redis reported at the last reservation plus the
-tokens still held). Tokens left unspent ``RESERVE_TTL`` s after the last reservation, or
-held under limits that have since changed, are dropped. A tenant with a concurrency cap is
-checked on every request: its in-flight slots are only known to Redis.
+**Local token reservation.** Waiting for a check costs a request far more than the check's
+own CPU: its handler resumes one event-loop round later, behind whatever else is running
+(measured in ``bench/cache.py``: ~100-150 µs of CPU per cached read). So a process takes a
+small batch of tokens in one check (the same script: ``cost`` must conform, then up to
+``batch`` in all are taken, as many as conform now and fit in the quota) and admits the
+next requests from it without a round trip, refilling in the background when half is
+spent; requests that find none wait for that one refill. The batch is
+``RateLimitSettings.reserve`` seconds of the tenant's sustained ``rate``, at most a
+quarter of ``burst`` and at most 100; a batch below 2 (the free tier's defaults, say)
+means a check per request. Tokens are consumed in Redis when reserved, so the quota is
+never exceeded and a burst admitted at once is never larger than ``burst``; what changes
+is *when* a reserved token is spent: across ``P`` processes, any interval admits at most
+``P x batch`` more than GCRA alone would (tokens reserved earlier, spent in it), and
+reserved tokens that go unspent are lost to the tenant (``RateLimit-Remaining`` is the
+count Redis reported at the last reservation plus the tokens still held). Tokens left
+unspent ``RESERVE_TTL`` s after the last reservation, or held under limits that have since
+changed, are dropped.
+
+**Leased concurrency slots** (tenants with a cap). Only Redis knows how many of a tenant's
+requests are in flight, so a process also leases slots of the cap by the batch, in the
+same check as its tokens: the slots it holds are members ``<holder>0 .. <holder>n-1`` of
+the tenant's in-flight set, counted like any request's slot, stamped with Redis' time at
+every lease and reclaimed after ``concurrency_lease`` s like the slot of a crashed request
+(so a dead process's lease frees itself). A request is admitted locally when the process
+holds a token and fewer requests in flight than slots; a lease asks for ``lease`` slots
+beyond the requests in flight (a quarter of the cap, at most ``LEASE_MAX``), and starts in
+the background when no more than half of them are idle. A lease keeps every slot the
+process may be using while it is under way and grows to what is free, never beyond: **the
+cap is never exceeded across processes** (slots are counted in Redis before they are
+handed out; a slot is only used locally for ``concurrency_lease / 2`` s after the lease
+that renewed it; as before, a request running longer than ``concurrency_lease`` with no
+lease renewing its slot meanwhile loses it). What it costs is **under-admission**: a
+request may get a 429 while another process holds idle leased slots, at most ``2 x lease``
+per process (past that, requests ending give the excess back at once) and only until it
+has had no request for ``LEASE_IDLE`` s, when it gives back every idle slot; it does so
+too when the tenant's limits change (the slots of requests still running go back as they
+end) and at :meth:`RateLimiter.drain` and shutdown. A cap below 8 (a lease below 2) keeps
+the check per request, as does ``reserve=0``. When Redis fails, slots and tokens already
+held are used (never more), then requests fail open or closed as with every check; a lease
+whose reply was lost leaves at most the slots it asked for in Redis until the next lease
+clears them or they expire. (A lease uses ``ZMSCORE``: Redis 6.2 or Valkey.)
 
 When Redis is unavailable the limiter fails open (lets requests through) or closed
 (:class:`RateLimitUnavailableError`, HTTP 503), per ``RateLimitSettings.fail_open``.
@@ -69,14 +93,21 @@ logger = logging.getLogger("tenantry.ratelimit")
 REASONS = {1: "rate", 2: "quota", 3: "concurrency"}
 RESERVE_MAX = 100  # tokens one process takes at once, at most
 RESERVE_TTL = 1.0  # seconds after the last reservation when unspent tokens are dropped
+LEASE_MAX = 100  # concurrency slots one process leases beyond its requests in flight, at most
+LEASE_IDLE = 0.5  # seconds without a request after which leased idle slots are given back
 OVERRIDE_ATTRIBUTE = "rate_limit"
 _COST_ONE_NO_LEASE = pack_args((1, ""))
 
 # KEYS: gcra, quota, in-flight.  ARGV: emission interval us, burst, quota, quota window us,
-# concurrency, lease us, cost, lease id[, want].
-# -> {allowed, reason, remaining, retry_after_ms, reset_ms[, granted]}
-# ``want`` (a reservation, only without a concurrency cap): once ``cost`` passes every check,
-# take up to ``want`` in all, as many as conform now; ``granted`` says how many were taken.
+# concurrency, lease us, cost, lease id[, want[, keep, target, bound, need]].
+# -> {allowed, reason, remaining, retry_after_ms, reset_ms[, granted, slots]}
+# ``want`` (a reservation): once ``cost`` passes every check, take up to ``want`` in all, as
+# many as conform now; ``granted`` says how many were taken. With a concurrency cap a
+# reservation also leases slots: the lease id is then the process's member prefix, its
+# members ``<prefix>0 .. <prefix>(bound-1)`` may be in the set; whatever the checks decide,
+# it ends up holding exactly ``slots = min(max(keep, target), free)`` of them (renewed: they
+# expire like any other in-flight entry), ``free`` being the cap minus everyone else's
+# entries; the request itself is refused for ``concurrency`` when ``slots < need``.
 _CHECK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -88,16 +119,52 @@ local conc = tonumber(ARGV[5])
 local lease = tonumber(ARGV[6])
 local cost = tonumber(ARGV[7])
 local index, used, window_end = 0, 0, 0
+local slots = -1
+if conc > 0 and ARGV[10] then
+  -- a slot lease: renew/grow/shrink this process's members, counted like any request's
+  local keep, target, bound = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now - lease))
+  local own = 0
+  for first = 0, bound - 1, 500 do  -- in chunks: unpack() has a limit
+    local names = {}
+    for i = first, math.min(bound, first + 500) - 1 do names[#names + 1] = ARGV[8] .. i end
+    local scores = redis.call('ZMSCORE', KEYS[3], unpack(names))
+    for i = 1, #names do if scores[i] then own = own + 1 end end
+  end
+  local free = conc - (redis.call('ZCARD', KEYS[3]) - own)
+  if free < 0 then free = 0 end
+  slots = math.min(math.max(keep, target), free)
+  local score = string.format('%.0f', now)
+  for first = 0, slots - 1, 500 do
+    local add = {}
+    for i = first, math.min(slots, first + 500) - 1 do
+      add[#add + 1] = score
+      add[#add + 1] = ARGV[8] .. i
+    end
+    redis.call('ZADD', KEYS[3], unpack(add))
+  end
+  if slots > 0 then
+    redis.call('PEXPIRE', KEYS[3], string.format('%.0f', math.ceil(lease / 1000)))
+  end
+  for first = slots, bound - 1, 500 do
+    local gone = {}
+    for i = first, math.min(bound, first + 500) - 1 do gone[#gone + 1] = ARGV[8] .. i end
+    redis.call('ZREM', KEYS[3], unpack(gone))
+  end
+end
 if quota > 0 then
   index = math.floor(now / window)
   window_end = (index + 1) * window
   local q = redis.call('HMGET', KEYS[2], 'w', 'n')
   if q[1] and tonumber(q[1]) == index then used = tonumber(q[2]) end
   if used + cost > quota then
-    return {0, 2, 0, math.ceil((window_end - now) / 1000), math.ceil((window_end - now) / 1000)}
+    return {0, 2, 0, math.ceil((window_end - now) / 1000), math.ceil((window_end - now) / 1000),
+            0, slots}
   end
 end
-if conc > 0 then
+if slots >= 0 then
+  if slots < tonumber(ARGV[13]) then return {0, 3, 0, 1000, 1000, 0, slots} end
+elseif conc > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now - lease))
   if redis.call('ZCARD', KEYS[3]) >= conc then
     return {0, 3, 0, 1000, 1000}
@@ -108,10 +175,10 @@ if tat < now then tat = now end
 local new_tat = tat + emission * cost
 local allow_at = new_tat - emission * burst
 if allow_at > now then
-  return {0, 1, 0, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000)}
+  return {0, 1, 0, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000), 0, slots}
 end
 local want = tonumber(ARGV[9] or '0')
-if want > cost and conc == 0 then
+if want > cost and (conc == 0 or slots >= 0) then
   -- a reservation: also take what else conforms now, up to want (and the quota left)
   local extra = math.min(want - cost, math.floor((now - allow_at) / emission))
   if quota > 0 then extra = math.min(extra, quota - used - cost) end
@@ -128,12 +195,12 @@ if quota > 0 then
              'n', string.format('%.0f', used + cost))
   redis.call('PEXPIREAT', KEYS[2], string.format('%.0f', math.ceil(window_end / 1000) + 1000))
 end
-if conc > 0 then
+if conc > 0 and slots < 0 then
   redis.call('ZADD', KEYS[3], string.format('%.0f', now), ARGV[8])
   redis.call('PEXPIRE', KEYS[3], string.format('%.0f', math.ceil(lease / 1000)))
 end
 return {1, 0, math.floor((now - allow_at) / emission), 0, math.ceil((new_tat - now) / 1000),
-        cost}
+        cost, slots}
 """
 
 
@@ -154,6 +221,7 @@ class RateDecision:
     reason: str | None = None
     lease: tuple[bytes, str] | None = None
     degraded: bool = False
+    slot: _Reserve | None = None  # a slot of a local lease, given back locally
 
     def headers(self) -> list[tuple[str, str]]:
         """``RateLimit-Limit/Remaining/Reset`` (and ``Retry-After`` on a refusal)."""
@@ -181,11 +249,31 @@ class RateDecision:
 
 
 class _Reserve:
-    """The tokens one process holds for one tenant (see the module docstring)."""
+    """The tokens (and, under a concurrency cap, the leased slots) one process holds for
+    one tenant (see the module docstring)."""
 
-    __slots__ = ("batch", "expires", "limit", "low", "refill", "remaining", "reset_at", "tokens")
+    __slots__ = (
+        "batch",
+        "bound",
+        "expires",
+        "held",
+        "holder",
+        "inflight",
+        "lease",
+        "limit",
+        "low",
+        "refill",
+        "remaining",
+        "reset_at",
+        "retired",
+        "slot_low",
+        "slots_until",
+        "timer",
+        "tokens",
+        "used",
+    )
 
-    def __init__(self, batch: int, limit: int) -> None:
+    def __init__(self, batch: int, limit: int, lease: int = 0, holder: str = "") -> None:
         self.batch = batch
         self.low = batch // 2  # a background refill starts when this many are left
         self.limit = limit
@@ -194,16 +282,45 @@ class _Reserve:
         self.remaining = 0  # what Redis reported at the last reservation
         self.reset_at = 0.0  # monotonic time when the tenant's bucket is full again
         self.refill: asyncio.Task[RateDecision | None] | None = None
+        # Concurrency slots (``lease`` > 0: the tenant has a cap). Redis counts ``held``
+        # members ``<holder>0..`` as in flight (at least: a lost reply may leave more, up to
+        # ``bound``, until they expire); ``inflight`` of them back admitted requests.
+        self.lease = lease  # idle slots leased beyond the requests in flight
+        self.slot_low = lease // 2  # a background lease starts when this many are idle
+        self.holder = holder
+        self.held = 0
+        self.inflight = 0
+        self.bound = 0  # members 0..bound-1 may exist in Redis
+        self.slots_until = 0.0  # monotonic time after which held slots are not used
+        self.used = 0.0  # monotonic time of the last request
+        self.retired = False  # the tenant's limits changed: give everything back
+        self.timer: asyncio.TimerHandle | None = None
 
     def admit(self, now: float) -> RateDecision:
-        """Spend one token held (the caller checked there is one)."""
+        """Spend one token held (the caller checked there is one, and a free slot if the
+        tenant has a cap)."""
         self.tokens -= 1
+        if self.lease:
+            self.inflight += 1
+            return RateDecision(
+                True,
+                self.limit,
+                min(self.limit, self.remaining + self.tokens),
+                max(0.0, self.reset_at - now),
+                slot=self,
+            )
         return RateDecision(
             True,
             self.limit,
             min(self.limit, self.remaining + self.tokens),
             max(0.0, self.reset_at - now),
         )
+
+    def ready(self, now: float) -> bool:
+        """A token held, unexpired, and (with a cap) a leased slot free."""
+        if self.tokens <= 0 or now >= self.expires:
+            return False
+        return not self.lease or (self.inflight < self.held and now < self.slots_until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +335,7 @@ class _Plan:
     inflight: bytes
     reserve: _Reserve | None = None  # local tokens, when reservation applies
     reserve_packed: bytes = b""  # ``command`` announcing three arguments (a reservation)
+    lease_packed: bytes = b""  # ``command`` announcing seven arguments (tokens and slots)
 
 
 class RateLimiter:
@@ -245,6 +363,8 @@ class RateLimiter:
         self._lease_ids = count()
         self._warned: set[tuple[UUID, str]] = set()
         self._refills: set[asyncio.Task[RateDecision | None]] = set()
+        self._holders = count()
+        self._leasing: dict[_Reserve, _Plan] = {}  # reserves that may hold slots in Redis
 
     def limits_for(self, tenant: TenantContext) -> TierLimits:
         """The tier's limits with the tenant's ``rate_limit`` attribute applied.
@@ -281,6 +401,16 @@ class RateLimiter:
         # Pre-packed: the per-request work is appending the cost and the lease id.
         command = ("EVALSHA", self._sha, b"3", *keys, *(str(a).encode() for a in args))
         batch = self.reserve_batch(limits)
+        lease = self.lease_size(limits) if batch >= 2 else 0
+        reserve = None
+        if plan is not None and plan.reserve is not None:
+            if plan.limits == limits:  # a new attributes object, the same limits: keep it
+                reserve = plan.reserve
+            else:
+                self._retire(plan, plan.reserve)
+        if reserve is None and batch >= 2:
+            holder = f"{self._lease_prefix}:r{next(self._holders)}:" if lease else ""
+            reserve = _Reserve(batch, limits.burst, lease, holder)
         plan = _Plan(
             tier=tenant.tier,
             override=override,
@@ -288,20 +418,33 @@ class RateLimiter:
             command=command,
             packed=b"*%d\r\n" % (len(command) + 2) + pack_args(command),
             inflight=keys[2],
-            reserve=_Reserve(batch, limits.burst) if batch >= 2 else None,
+            reserve=reserve,
             reserve_packed=b"*%d\r\n" % (len(command) + 3) + pack_args(command),
+            lease_packed=b"*%d\r\n" % (len(command) + 7) + pack_args(command),
         )
         if len(self._plans) >= 100_000:
+            for old in self._plans.values():
+                if old.reserve is not None:
+                    self._retire(old, old.reserve)
             self._plans.clear()
         self._plans[tenant.id] = plan
         return plan
 
     def reserve_batch(self, limits: TierLimits) -> int:
         """How many tokens one process reserves at once for a tenant with ``limits``
-        (below 2: none, every request is checked in Redis)."""
-        if limits.concurrency or self.settings.reserve <= 0:
+        (below 2: none, every request is checked in Redis; so is a tenant whose cap is too
+        small to lease 2 slots at once)."""
+        if self.settings.reserve <= 0 or (limits.concurrency and self.lease_size(limits) < 2):
             return 0
         return int(min(limits.rate * self.settings.reserve, limits.burst / 4, RESERVE_MAX))
+
+    def lease_size(self, limits: TierLimits) -> int:
+        """How many idle concurrency slots one process leases at once for a tenant with
+        ``limits`` beyond its requests in flight (a quarter of the cap, at most
+        ``LEASE_MAX``; 0 without a cap; below 2: no lease, every request is checked)."""
+        if not limits.concurrency or self.settings.reserve <= 0:
+            return 0
+        return int(min(limits.concurrency // 4, LEASE_MAX))
 
     def _apply(self, tenant: TenantContext, limits: TierLimits, override: Any) -> TierLimits:
         try:
@@ -328,11 +471,19 @@ class RateLimiter:
         reserve = plan.reserve
         if reserve is not None and cost == 1:
             now = time.monotonic()
-            if reserve.tokens > 0 and now < reserve.expires:
-                if reserve.tokens <= reserve.low + 1 and reserve.refill is None:
+            reserve.used = now
+            if reserve.ready(now):
+                if reserve.refill is None and (
+                    reserve.tokens <= reserve.low + 1
+                    or (reserve.lease and reserve.held - reserve.inflight <= reserve.slot_low + 1)
+                ):
                     self._refill(plan, reserve)
                 return reserve.admit(now)
             return await self._acquire_reserved(plan, reserve)
+        return await self._check(plan, cost)
+
+    async def _check(self, plan: _Plan, cost: int) -> RateDecision:
+        """One request checked (and counted) in Redis."""
         burst, concurrency = plan.limits.burst, plan.limits.concurrency
         if concurrency:
             lease_id = f"{self._lease_prefix}:{next(self._lease_ids)}"
@@ -362,15 +513,17 @@ class RateLimiter:
         )
 
     async def _acquire_reserved(self, plan: _Plan, reserve: _Reserve) -> RateDecision:
-        """No token held: wait for a reservation (one round trip, shared by every request
-        that finds none meanwhile)."""
+        """No token (or slot) held: wait for a reservation (one round trip, shared by every
+        request that finds none meanwhile)."""
         while True:
+            if reserve.retired:  # the limits changed meanwhile: one check, not a lease
+                return await self._check(plan, 1)
             now = time.monotonic()
             if now >= reserve.expires:
                 reserve.tokens = 0
-            if reserve.tokens > 0:
+            if reserve.ready(now):
                 return reserve.admit(now)
-            refill = reserve.refill or self._refill(plan, reserve)
+            refill = reserve.refill or self._refill(plan, reserve, waiting=True)
             try:
                 refused = await asyncio.shield(refill)
             except RedisUnavailableError as exc:
@@ -380,11 +533,23 @@ class RateLimiter:
                 raise RateLimitUnavailableError(
                     "rate limiting is unavailable and configured to fail closed; retry shortly"
                 ) from exc
-            if refused is not None and reserve.tokens == 0:
+            if refused is not None and not reserve.ready(time.monotonic()):
                 return refused
 
-    def _refill(self, plan: _Plan, reserve: _Reserve) -> asyncio.Task[RateDecision | None]:
-        task = asyncio.create_task(self._reserve(plan, reserve), name="tenantry-rate-reserve")
+    def _refill(
+        self,
+        plan: _Plan,
+        reserve: _Reserve,
+        *,
+        waiting: bool = False,
+        trim: bool = False,
+        spare: int = 0,
+    ) -> asyncio.Task[RateDecision | None]:
+        if reserve.lease:
+            coro = self._lease(plan, reserve, waiting=waiting, trim=trim, spare=spare)
+        else:
+            coro = self._reserve(plan, reserve)
+        task = asyncio.create_task(coro, name="tenantry-rate-reserve")
         reserve.refill = task
         self._refills.add(task)
         task.add_done_callback(self._refilled)
@@ -421,22 +586,134 @@ class RateLimiter:
         reserve.reset_at = now + reset_ms / 1000
         return None
 
+    async def _lease(
+        self, plan: _Plan, reserve: _Reserve, *, waiting: bool, trim: bool, spare: int
+    ) -> RateDecision | None:
+        """Take tokens and lease slots (or, ``trim``, give back the idle ones beyond
+        ``spare``) in one check; ``None`` once done, else the refusal.
+
+        The slots this process may be using while the check is in flight (``keep``) are
+        kept whatever it decides; a trim stops using the idle ones before it is sent.
+        """
+        inflight = reserve.inflight
+        if trim:
+            cost = want = need = 0
+            keep = target = min(reserve.held, inflight + spare)
+            reserve.held = keep
+        else:
+            cost = 1 if waiting or reserve.tokens <= reserve.low + 1 else 0
+            want = max(1, reserve.batch - reserve.tokens) if cost else 0
+            keep = reserve.held
+            target = inflight + reserve.lease
+            need = inflight + 1 if waiting else 0
+        bound = max(reserve.bound, keep, target)
+        reserve.bound = bound
+        self._leasing[reserve] = plan
+        sent = time.monotonic()
+        args = (cost, reserve.holder, want, keep, target, bound, need)
+        try:
+            reply = await self.pipeline.call_packed(
+                plan.lease_packed + pack_args(args), (*plan.command, *args)
+            )
+        finally:
+            reserve.refill = None
+            self._idle_later(plan, reserve)
+        allowed, reason, remaining, retry_ms, reset_ms = reply[:5]
+        slots = int(reply[6])
+        # Redis now holds exactly ``slots`` members of ours (none beyond).
+        reserve.held = reserve.bound = slots
+        reserve.slots_until = sent + self.settings.concurrency_lease / 2
+        now = time.monotonic()
+        if reserve.retired:
+            reserve.tokens = 0
+            if reserve.bound > reserve.inflight:
+                self._refill(plan, reserve, trim=True)
+        if allowed != 1:
+            return RateDecision(
+                allowed=False,
+                limit=plan.limits.burst,
+                remaining=remaining,
+                reset_after=reset_ms / 1000,
+                retry_after=retry_ms / 1000,
+                reason=REASONS.get(reason),
+            )
+        if cost and not reserve.retired:
+            reserve.tokens += int(reply[5])
+            reserve.expires = now + RESERVE_TTL
+            reserve.remaining = remaining
+            reserve.reset_at = now + reset_ms / 1000
+        return None
+
+    def _idle_later(self, plan: _Plan, reserve: _Reserve) -> None:
+        """Check back in ``LEASE_IDLE`` s whether leased slots sit idle."""
+        if reserve.timer is None and reserve.bound > 0:
+            loop = asyncio.get_running_loop()
+            reserve.timer = loop.call_later(LEASE_IDLE, self._idle, plan, reserve)
+
+    def _idle(self, plan: _Plan, reserve: _Reserve) -> None:
+        reserve.timer = None
+        if reserve.bound <= 0 and reserve.inflight <= 0:
+            self._leasing.pop(reserve, None)
+            return
+        if reserve.refill is None:
+            idle = time.monotonic() - reserve.used >= LEASE_IDLE or reserve.retired
+            if idle and reserve.bound > reserve.inflight:
+                self._refill(plan, reserve, trim=True)
+                return  # the trim checks back when done
+        self._idle_later(plan, reserve)
+
+    def _retire(self, plan: _Plan, reserve: _Reserve) -> None:
+        """The tenant's limits changed: drop the tokens held, give back idle slots now and
+        the others as their requests end."""
+        reserve.retired = True
+        reserve.tokens = 0
+        if reserve.lease and reserve.bound > reserve.inflight and reserve.refill is None:
+            self._refill(plan, reserve, trim=True)
+
     def release(self, decision: RateDecision) -> None:
         """Give back a decision's in-flight slot (a no-op without one).
 
         Nobody waits for it: the ``ZREM`` leaves with the next batch. If Redis is down
-        meanwhile the lease simply expires.
+        meanwhile the lease simply expires. A slot of a local lease goes back to the
+        lease (given back to Redis once idle).
         """
-        if decision.lease is not None:
+        reserve = decision.slot
+        if reserve is not None:
+            reserve.inflight -= 1
+            # Requests ending leave their slots idle: past two leases, give back the excess.
+            if reserve.held - reserve.inflight > 2 * reserve.lease and reserve.refill is None:
+                plan = self._leasing.get(reserve)
+                if plan is not None:
+                    self._refill(plan, reserve, trim=True, spare=reserve.lease)
+        elif decision.lease is not None:
             self.pipeline.send("ZREM", *decision.lease)
+
+    async def return_leases(self) -> None:
+        """Give back every leased slot no request is using (at shutdown and drain)."""
+        for _ in range(3):
+            pending = [(r, p) for r, p in self._leasing.items() if r.bound > r.inflight]
+            if not pending:
+                return
+            for reserve, plan in pending:
+                if reserve.refill is None:
+                    self._refill(plan, reserve, trim=True)
+            await asyncio.gather(*self._refills, return_exceptions=True)
 
     async def drain(self) -> None:
         """Wait until every slot given back so far, and every reservation under way, has
-        reached Redis."""
+        reached Redis, and give back idle leased slots."""
         while self._refills:
             await asyncio.gather(*self._refills, return_exceptions=True)
+        await self.return_leases()
         await self.pipeline.drain()
 
     async def close(self) -> None:
-        """Drain, then close the limiter's own connections (at shutdown)."""
+        """Drain (giving back leased slots), then close the limiter's own connections (at
+        shutdown)."""
+        await self.drain()
+        for reserve in self._leasing:
+            if reserve.timer is not None:
+                reserve.timer.cancel()
+                reserve.timer = None
+        self._leasing.clear()
         await self.pipeline.close()

@@ -2,9 +2,9 @@
 
 It sits inside :class:`~tenantry.web.middleware.TenantMiddleware` (it needs the bound
 tenant) and costs at most one Redis round trip per request (concurrent requests share
-them), none while the process holds tokens reserved for the tenant (tenants without a
-concurrency cap: see :mod:`tenantry.cache.ratelimit`); giving back an in-flight slot is
-queued, not waited for. A refused request gets a
+them), none while the process holds tokens reserved for the tenant (and, with a
+concurrency cap, a leased slot free: see :mod:`tenantry.cache.ratelimit`); giving back an
+in-flight slot is local or queued, never waited for. A refused request gets a
 429 in tenantry's error shape with ``Retry-After`` and ``RateLimit-Limit/Remaining/Reset``;
 an admitted one gets the ``RateLimit-*`` headers. Requests with no tenant (exempt paths)
 pass untouched.
