@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import platform
@@ -27,6 +28,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+
+# The benchmarks drive the apps through an httpx client: that client is apparatus, and its
+# per-request INFO line (once the app configures logging) would be timed with the app.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
