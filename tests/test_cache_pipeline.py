@@ -121,9 +121,7 @@ async def test_a_frozen_server_degrades_checks_within_the_timeout(
 ) -> None:
     """SIGSTOP the server: pending checks fail open after ``socket_timeout`` instead of
     hanging (fail-closed ones raise); SIGCONT: checks are counted again."""
-    client: Any = create_redis_client(
-        RedisSettings(url=private_valkey.url, socket_timeout=0.3, connect_timeout=0.3)
-    )
+    client = _impatient_client(private_valkey)
     open_limiter = limiter_on(client)
     closed_limiter = limiter_on(client, fail_open=False)
     who = tenant()
@@ -140,10 +138,7 @@ async def test_a_frozen_server_degrades_checks_within_the_timeout(
         with pytest.raises(RateLimitUnavailableError):
             await asyncio.wait_for(closed_limiter.acquire(who), timeout=5)
         os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 10
-        while (decision := await open_limiter.acquire(who)).degraded:
-            assert time.monotonic() < deadline, "checks never came back"
-            await asyncio.sleep(0.05)
+        decision = await _checked_again(open_limiter, who)
         assert decision.allowed
         assert decision.limit == 3
     finally:
@@ -159,9 +154,7 @@ async def test_reserved_tokens_then_a_frozen_server_degrades_within_the_timeout(
     """With local token reservation (no concurrency cap) a frozen server costs no more than
     before: the tokens already reserved are spent, then the next requests fail open (or
     closed) within ``socket_timeout``, and are counted again once the server is back."""
-    client: Any = create_redis_client(
-        RedisSettings(url=private_valkey.url, socket_timeout=0.3, connect_timeout=0.3)
-    )
+    client = _impatient_client(private_valkey)
     limits = MappingProxyType({"free": TierLimits(rate=1_000_000, burst=1_000_000)})
     open_limiter = limiter_on(client, tiers=limits)
     closed_limiter = limiter_on(client, tiers=limits, fail_open=False)
@@ -181,20 +174,10 @@ async def test_reserved_tokens_then_a_frozen_server_degrades_within_the_timeout(
             assert spent < batch, "admitted more than the tokens reserved"
         assert decision.allowed
         assert time.monotonic() - start < 2.0
-        failed_closed = False
-        for _ in range(batch):  # the tokens still held, then the refusal
-            try:
-                await asyncio.wait_for(closed_limiter.acquire(who), timeout=5)
-            except RateLimitUnavailableError:
-                failed_closed = True
-                break
-        assert failed_closed
+        assert await _fails_closed(closed_limiter, who, within=batch)  # after the tokens held
         assert time.monotonic() - start < 4.0
         os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 10
-        while (decision := await open_limiter.acquire(who)).degraded:
-            assert time.monotonic() < deadline, "checks never came back"
-            await asyncio.sleep(0.05)
+        decision = await _checked_again(open_limiter, who)
         assert decision.allowed
         assert decision.limit == 1_000_000
     finally:
@@ -211,9 +194,7 @@ async def test_leased_slots_then_a_frozen_server_degrades_within_the_timeout(
     with tokens: the slots (and tokens) already held are used, never more, then the next
     requests fail open (or closed) within ``socket_timeout``; once the server is back,
     checks are counted again and no leased slot is left behind."""
-    client: Any = create_redis_client(
-        RedisSettings(url=private_valkey.url, socket_timeout=0.3, connect_timeout=0.3)
-    )
+    client = _impatient_client(private_valkey)
     capped = TierLimits(rate=1_000_000, burst=1_000_000, concurrency=40)
     limits = MappingProxyType({"free": capped})
     open_limiter = limiter_on(client, tiers=limits)
@@ -237,23 +218,14 @@ async def test_leased_slots_then_a_frozen_server_degrades_within_the_timeout(
             assert spent <= 20, "admitted more than the slots leased"
         assert decision.allowed
         assert time.monotonic() - start < 2.0
-        failed_closed = False
-        for _ in range(40):  # the slots still held, then the refusal
-            try:
-                held.append(await asyncio.wait_for(closed_limiter.acquire(who), timeout=5))
-            except RateLimitUnavailableError:
-                failed_closed = True
-                break
-        assert failed_closed
+        assert await _fails_closed(closed_limiter, who, within=40, held=held)  # after the slots
         assert time.monotonic() - start < 4.0
         os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 10
-        while (decision := await open_limiter.acquire(who)).degraded:
-            assert time.monotonic() < deadline, "checks never came back"
-            await asyncio.sleep(0.05)
+        decision = await _checked_again(open_limiter, who)
         assert decision.allowed
         assert decision.slot is not None
         held.append(decision)
+        deadline = time.monotonic() + 10
         while True:
             try:
                 held.append(await closed_limiter.acquire(who))
@@ -275,6 +247,37 @@ async def test_leased_slots_then_a_frozen_server_degrades_within_the_timeout(
         await open_limiter.close()
         await closed_limiter.close()
         await client.aclose()
+
+
+def _impatient_client(valkey: ValkeyService) -> Any:
+    """A client that gives up on a silent server after 0.3 s."""
+    return create_redis_client(
+        RedisSettings(url=valkey.url, socket_timeout=0.3, connect_timeout=0.3)
+    )
+
+
+async def _checked_again(limiter: Any, who: Any) -> Any:
+    """The first decision that Redis made again after an outage (fails after 10 s)."""
+    deadline = time.monotonic() + 10
+    while (decision := await limiter.acquire(who)).degraded:
+        assert time.monotonic() < deadline, "checks never came back"
+        await asyncio.sleep(0.05)
+    return decision
+
+
+async def _fails_closed(
+    limiter: Any, who: Any, *, within: int, held: list[Any] | None = None
+) -> bool:
+    """Whether a fail-closed limiter refuses within ``within`` requests (those admitted
+    from what it holds are appended to ``held``)."""
+    for _ in range(within):
+        try:
+            decision = await asyncio.wait_for(limiter.acquire(who), timeout=5)
+        except RateLimitUnavailableError:
+            return True
+        if held is not None:
+            held.append(decision)
+    return False
 
 
 async def test_close_gives_back_queued_slots_first(redis_url: str) -> None:

@@ -569,21 +569,9 @@ class RateLimiter:
             )
         finally:
             reserve.refill = None
-        allowed, reason, remaining, retry_ms, reset_ms = reply[:5]
-        now = time.monotonic()
-        if allowed != 1:
-            return RateDecision(
-                allowed=False,
-                limit=plan.limits.burst,
-                remaining=remaining,
-                reset_after=reset_ms / 1000,
-                retry_after=retry_ms / 1000,
-                reason=REASONS.get(reason),
-            )
-        reserve.tokens += int(reply[5])
-        reserve.expires = now + RESERVE_TTL
-        reserve.remaining = remaining
-        reserve.reset_at = now + reset_ms / 1000
+        if reply[0] != 1:
+            return _refusal(plan, reply)
+        _credit(reserve, reply, time.monotonic())
         return None
 
     async def _lease(
@@ -618,7 +606,6 @@ class RateLimiter:
         finally:
             reserve.refill = None
             self._idle_later(plan, reserve)
-        allowed, reason, remaining, retry_ms, reset_ms = reply[:5]
         slots = int(reply[6])
         # Redis now holds exactly ``slots`` members of ours (none beyond).
         reserve.held = reserve.bound = slots
@@ -628,20 +615,10 @@ class RateLimiter:
             reserve.tokens = 0
             if reserve.bound > reserve.inflight:
                 self._refill(plan, reserve, trim=True)
-        if allowed != 1:
-            return RateDecision(
-                allowed=False,
-                limit=plan.limits.burst,
-                remaining=remaining,
-                reset_after=reset_ms / 1000,
-                retry_after=retry_ms / 1000,
-                reason=REASONS.get(reason),
-            )
+        if reply[0] != 1:
+            return _refusal(plan, reply)
         if cost and not reserve.retired:
-            reserve.tokens += int(reply[5])
-            reserve.expires = now + RESERVE_TTL
-            reserve.remaining = remaining
-            reserve.reset_at = now + reset_ms / 1000
+            _credit(reserve, reply, now)
         return None
 
     def _idle_later(self, plan: _Plan, reserve: _Reserve) -> None:
@@ -717,3 +694,24 @@ class RateLimiter:
                 reserve.timer = None
         self._leasing.clear()
         await self.pipeline.close()
+
+
+def _refusal(plan: _Plan, reply: list[Any]) -> RateDecision:
+    """The decision of a reservation or lease the script refused."""
+    _, reason, remaining, retry_ms, reset_ms = reply[:5]
+    return RateDecision(
+        allowed=False,
+        limit=plan.limits.burst,
+        remaining=remaining,
+        reset_after=reset_ms / 1000,
+        retry_after=retry_ms / 1000,
+        reason=REASONS.get(reason),
+    )
+
+
+def _credit(reserve: _Reserve, reply: list[Any], now: float) -> None:
+    """Add the tokens a reservation or lease granted (``reply[5]``) to ``reserve``."""
+    reserve.tokens += int(reply[5])
+    reserve.expires = now + RESERVE_TTL
+    reserve.remaining = reply[2]
+    reserve.reset_at = now + reply[4] / 1000
