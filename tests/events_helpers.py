@@ -12,8 +12,9 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
-from tenantry import Platform
-from tenantry.events import Event
+from tenantry import Platform, tenant_scope
+from tenantry.catalog import Tenant
+from tenantry.events import Event, NewEvent
 
 EFFECTS_DDL = """
 CREATE TABLE IF NOT EXISTS public.event_effects (
@@ -98,3 +99,16 @@ async def running(runner: Callable[[], Awaitable[None]]) -> AsyncIterator[asynci
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def publish_numbered(
+    platform: Platform, tenant: Tenant, kind: str, n: int, start: int = 0, *, keyed: bool = False
+) -> list[UUID]:
+    """Publish events ``{"n": start}`` .. ``{"n": start + n - 1}`` for ``tenant`` in one
+    transaction (``keyed``: each with key ``k<n>``); their ids."""
+    with tenant_scope(tenant.context()):
+        async with platform.db.tenant_transaction():
+            return await platform.events.publish_many(
+                NewEvent(kind, {"n": i}, key=f"k{i}" if keyed else None)
+                for i in range(start, start + n)
+            )

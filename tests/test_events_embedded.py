@@ -30,22 +30,13 @@ from tests.events_helpers import (
     effects,
     ensure_effects_table,
     family,
+    publish_numbered,
     record_effect,
     running,
     wait_for,
 )
 
 MakeTenant = Callable[..., Awaitable[Tenant]]
-
-
-async def _publish(
-    platform: Platform, tenant: Tenant, kind: str, n: int, start: int = 0
-) -> list[UUID]:
-    with tenant_scope(tenant.context()):
-        async with platform.db.tenant_transaction():
-            return await platform.events.publish_many(
-                NewEvent(kind, {"n": i}) for i in range(start, start + n)
-            )
 
 
 def _consumer(platform: Platform, group: str, handlers: EventHandlers) -> OutboxLogConsumer:
@@ -82,8 +73,10 @@ async def test_handlers_run_once_per_event_in_the_events_tenant(
             n=event.payload["n"],
         )
 
-    ids = await _publish(platform, a, kind, 5) + await _publish(platform, b, kind, 5)
-    ids += await _publish(platform, a, kind, 5, start=5)
+    ids = await publish_numbered(platform, a, kind, 5) + await publish_numbered(
+        platform, b, kind, 5
+    )
+    ids += await publish_numbered(platform, a, kind, 5, start=5)
     async with running(_consumer(platform, group, handlers).run):
         await wait_for(lambda: _count(platform, group, 15), what="15 effects")
     rows = await effects(platform, group)
@@ -110,7 +103,7 @@ async def test_redelivery_has_no_second_effect(platform: Platform, make_tenant: 
     async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
         await record_effect(conn, group, event)
 
-    ids = await _publish(platform, tenant, kind, 10)
+    ids = await publish_numbered(platform, tenant, kind, 10)
     consumer = _consumer(platform, group, handlers)
     async with running(consumer.run):
         await wait_for(lambda: _count(platform, group, 10), what="10 effects")
@@ -191,8 +184,8 @@ async def test_a_poison_event_is_dead_lettered_and_the_rest_flows(
             raise ValueError("cannot digest n=2")
         await record_effect(conn, group, event, n=event.payload["n"])
 
-    ids_a = await _publish(platform, a, kind, 5)
-    ids_b = await _publish(platform, b, kind, 5)
+    ids_a = await publish_numbered(platform, a, kind, 5)
+    ids_b = await publish_numbered(platform, b, kind, 5)
     async with running(_consumer(platform, group, handlers).run):
         await wait_for(lambda: _count(platform, group, 9), what="9 effects")
         await wait_for(lambda: _dead(platform, group, 1), what="a dead letter")
@@ -253,7 +246,7 @@ async def test_a_transaction_that_commits_late_is_not_skipped(
 
     slow_task = asyncio.create_task(slow())
     await asyncio.sleep(0.2)
-    fast = await _publish(platform, tenant, kind, 3)
+    fast = await publish_numbered(platform, tenant, kind, 3)
     async with running(_consumer(platform, group, handlers).run):
         await asyncio.sleep(0.5)
         release.set()
@@ -278,13 +271,13 @@ async def test_two_members_of_a_group_share_the_work_without_duplicates(
         await record_effect(conn, group, event)
 
     first, second = _consumer(platform, group, handlers), _consumer(platform, group, handlers)
-    ids = await _publish(platform, tenant, kind, 5)
+    ids = await publish_numbered(platform, tenant, kind, 5)
     async with running(first.run):
         await wait_for(lambda: _count(platform, group, 5), what="5 effects")
         async with running(second.run):
             await asyncio.sleep(0.3)
             assert not second.active.is_set()
-    ids += await _publish(platform, tenant, kind, 5, start=5)
+    ids += await publish_numbered(platform, tenant, kind, 5, start=5)
     async with running(second.run):
         await wait_for(lambda: _count(platform, group, 10), what="10 effects")
     assert await effect_counts(platform, group) == dict.fromkeys(ids, 1)
@@ -299,7 +292,7 @@ async def test_the_log_keeps_events_until_every_group_passed_them_and_retention_
     await platform.start(listen=False)
     try:
         tenant = await platform.tenants.create("prune-me")
-        ids = await _publish(platform, tenant, f"{family()}.created", 3)
+        ids = await publish_numbered(platform, tenant, f"{family()}.created", 3)
         async with platform.db.transaction() as conn:
             await conn.execute(
                 "UPDATE tenantry.outbox SET occurred_at = occurred_at - interval '2 days'"
@@ -350,7 +343,7 @@ async def test_a_long_transaction_in_another_database_does_not_stall_the_log(
 
     async with await AsyncConnection.connect(make_database("tenantry_other")) as other:
         await other.execute("SELECT pg_current_xact_id()")  # BEGIN implied: holds an xid
-        ids = await _publish(platform, tenant, kind, 3)
+        ids = await publish_numbered(platform, tenant, kind, 3)
         async with running(_consumer(platform, group, handlers).run):
             await wait_for(lambda: _count(platform, group, 3), seconds=10, what="3 effects")
         await other.rollback()

@@ -20,12 +20,19 @@ from uuid import UUID
 import pytest
 
 from hr_example import HR_SCHEMA
-from tenantry import Platform, Settings, tenant_scope
+from tenantry import Platform, Settings
 from tenantry.catalog import Tenant
 from tenantry.devstack.kafka import KafkaService
-from tenantry.events import EventHandlers, NewEvent
+from tenantry.events import EventHandlers
 from tests import events_app
-from tests.events_helpers import effect_counts, ensure_effects_table, family, running, wait_for
+from tests.events_helpers import (
+    effect_counts,
+    ensure_effects_table,
+    family,
+    publish_numbered,
+    running,
+    wait_for,
+)
 
 MakeTenant = Callable[..., Awaitable[Tenant]]
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,16 +63,6 @@ async def kafka_platform(
         yield kafka
     finally:
         await kafka.stop()
-
-
-async def _publish(
-    platform: Platform, tenant: Tenant, kind: str, n: int, start: int = 0
-) -> list[UUID]:
-    with tenant_scope(tenant.context()):
-        async with platform.db.tenant_transaction():
-            return await platform.events.publish_many(
-                NewEvent(kind, {"n": i}) for i in range(start, start + n)
-            )
 
 
 def _spawn(platform: Platform, tmp: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
@@ -127,7 +124,7 @@ async def test_relay_sigkilled_mid_batch_loses_nothing(
     ids: list[UUID] = []
     for i in range(5):
         for tenant in tenants:
-            ids += await _publish(kafka_platform, tenant, kind, 200, i * 200)
+            ids += await publish_numbered(kafka_platform, tenant, kind, 200, i * 200)
     relay = _spawn(kafka_platform, tmp_path, "relay", TENANTRY_EVENTS_RELAY_BATCH="500")
     try:
         await wait_for(
@@ -160,7 +157,7 @@ async def test_consumer_sigkilled_mid_handler_has_no_double_effect(
     group = f"g-{family()}"
     ids: list[UUID] = []
     for tenant in tenants:
-        ids += await _publish(kafka_platform, tenant, kind, 40)
+        ids += await publish_numbered(kafka_platform, tenant, kind, 40)
     assert await kafka_platform.events.relay().relay_batch() == len(ids)
     slow = _spawn(
         kafka_platform,
@@ -238,15 +235,15 @@ async def test_broker_killed_mid_stream_and_restarted_loses_nothing(
         ids: list[UUID] = []
         async with running(kafka.events.relay().run), running(consumer.run):
             for tenant in tenants:
-                ids += await _publish(kafka, tenant, kind, 50)
+                ids += await publish_numbered(kafka, tenant, kind, 50)
             await wait_for(lambda: _effects_at_least(kafka, group, 1), seconds=60, what="flow")
             await asyncio.to_thread(private_broker.kill)
             for tenant in tenants:
-                ids += await _publish(kafka, tenant, kind, 50, 50)
+                ids += await publish_numbered(kafka, tenant, kind, 50, 50)
             await asyncio.sleep(1.0)
             await asyncio.to_thread(_start, private_broker)
             for tenant in tenants:
-                ids += await _publish(kafka, tenant, kind, 50, 100)
+                ids += await publish_numbered(kafka, tenant, kind, 50, 100)
             await wait_for(lambda: _all_once(kafka, group, ids), seconds=240, what="all")
             await asyncio.sleep(0.5)
         assert await effect_counts(kafka, group) == dict.fromkeys(ids, 1)

@@ -18,15 +18,16 @@ from confluent_kafka import Consumer, TopicPartition
 from psycopg import AsyncConnection
 
 from hr_example import HR_SCHEMA
-from tenantry import Platform, Settings, current_tenant, run_in_executor, tenant_scope
+from tenantry import Platform, Settings, current_tenant, run_in_executor
 from tenantry.catalog import Tenant
-from tenantry.events import Event, EventHandlers, NewEvent
+from tenantry.events import Event, EventHandlers
 from tenantry.events.consumer import KafkaEventConsumer, _InFlight
 from tests.events_helpers import (
     effect_counts,
     effects,
     ensure_effects_table,
     family,
+    publish_numbered,
     record_effect,
     running,
     wait_for,
@@ -59,11 +60,7 @@ async def kafka_platform(
 async def _publish(
     platform: Platform, tenant: Tenant, kind: str, n: int, start: int = 0
 ) -> list[UUID]:
-    with tenant_scope(tenant.context()):
-        async with platform.db.tenant_transaction():
-            return await platform.events.publish_many(
-                NewEvent(kind, {"n": i}, key=f"k{i}") for i in range(start, start + n)
-            )
+    return await publish_numbered(platform, tenant, kind, n, start, keyed=True)
 
 
 def _read_all(bootstrap: str, topic: str, expected: int, seconds: float = 30.0) -> list[Any]:
