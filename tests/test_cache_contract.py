@@ -605,7 +605,7 @@ async def test_reserved_tokens_admit_requests_without_round_trips(backend: Backe
     still carries the ``RateLimit-*`` headers, and Redis counted every token taken."""
     limits = TierLimits(rate=1_000_000, burst=1_000_000, quota=10**9, quota_window=3600)
     limiter = backend.limiter(limits)
-    assert limiter.reserve_batch(limits) == 100
+    assert limiter.reserve_batch(limits) == 1000
     who = tenant()
     decisions = [await limiter.acquire(who) for _ in range(1000)]
     assert all(d.allowed and not d.degraded for d in decisions)
@@ -624,6 +624,7 @@ async def test_reservation_is_sized_from_the_limits(backend: Backend) -> None:
     ``reserve=0`` turns reservation off."""
     limiter = backend.limiter(TierLimits(rate=1000, burst=2000))
     assert limiter.reserve_batch(TierLimits(rate=1000, burst=2000)) == 100
+    assert limiter.reserve_batch(TierLimits(rate=100_000, burst=200_000)) == 1000  # at most
     assert limiter.reserve_batch(TierLimits(rate=100, burst=200)) == 10
     assert limiter.reserve_batch(TierLimits(rate=100, burst=20)) == 5
     assert limiter.reserve_batch(TierLimits(rate=10, burst=20)) == 1  # none: below 2
@@ -673,7 +674,7 @@ async def test_processes_reserving_together_never_exceed_the_limit_plus_their_ba
 async def test_reservations_never_exceed_the_quota(backend: Backend) -> None:
     """Tokens are counted in Redis when reserved: three processes together admit at most
     ``quota`` requests, then every one is refused with ``quota``."""
-    limits = TierLimits(rate=1_000_000, burst=1_000_000, quota=250, quota_window=3600)
+    limits = TierLimits(rate=1000, burst=2000, quota=250, quota_window=3600)  # batches of 100
     limiters = [backend.limiter(limits) for _ in range(3)]
     who = tenant()
     decisions = [await limiters[i % 3].acquire(who) for i in range(400)]
@@ -730,7 +731,7 @@ async def test_leased_slots_admit_capped_requests_without_round_trips(backend: B
     leased slots as in flight; ``drain`` gives the idle ones back."""
     limits = TierLimits(rate=1_000_000, burst=1_000_000, concurrency=40)
     limiter = backend.limiter(limits)
-    assert (limiter.reserve_batch(limits), limiter.lease_size(limits)) == (100, 10)
+    assert (limiter.reserve_batch(limits), limiter.lease_size(limits)) == (1000, 10)
     who = tenant()
     for _ in range(300):
         decision = await limiter.acquire(who)

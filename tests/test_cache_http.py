@@ -15,14 +15,18 @@ import secrets
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
+from starlette.responses import PlainTextResponse
 
 from tenantry import Platform, Settings
+from tenantry.cache import KeyBuilder, RateLimiter, RedisGuard, create_redis_client
 from tenantry.catalog import Tenant
+from tenantry.context import TenantContext, tenant_scope
 from tenantry.settings import RateLimitSettings, TierLimits
-from tenantry.web import TokenService
+from tenantry.web import RateLimitMiddleware, TokenService
 from tests.cache_helpers import (
     COOKIE,
     free_port,
@@ -269,6 +273,85 @@ async def test_a_noisy_neighbour_gets_429s_while_other_tenants_all_succeed(
     ok = responses[300]
     assert ok.headers["ratelimit-limit"] == "10"
     assert 0 <= int(ok.headers["ratelimit-remaining"]) < 10
+
+
+def _unobserved(settings: Settings) -> Settings:
+    """``settings`` with metrics, traces, usage and the access log off: ``create_app`` then
+    installs no observability middleware at all."""
+    return dataclasses.replace(
+        settings,
+        log=dataclasses.replace(settings.log, access_log=False),
+        metrics=dataclasses.replace(settings.metrics, enabled=False),
+        tracing=dataclasses.replace(settings.tracing, enabled=False),
+        usage=dataclasses.replace(settings.usage, enabled=False),
+    )
+
+
+@pytest.mark.parametrize("observed", [True, False], ids=["observed", "unobserved"])
+async def test_each_admitted_response_carries_the_rate_limit_headers_once(
+    settings: Settings, observed: bool
+) -> None:
+    """The tenant middleware checks the limits itself (no layer of its own). The headers of
+    an admitted response travel in the observability middleware's send wrapper, with
+    ``X-Request-ID``, or, with no such middleware, in one of their own: either way every
+    admitted response has each ``RateLimit-*`` header exactly once, counting down, and the
+    next request gets its 429."""
+    chosen = limited(settings, TierLimits(rate=1, burst=3))
+    async with serve(chosen if observed else _unobserved(chosen)) as (app, http):
+        installed = {m.cls.__name__ for m in app.user_middleware}  # type: ignore[attr-defined]
+        assert ("ObservabilityMiddleware" in installed) is observed
+        assert "RateLimitMiddleware" not in installed
+        tenant = await app.state.tenantry.tenants.create(unique_slug("rlh"))
+        responses = [
+            await http.get("/api/departments", headers=tenant_headers(tenant)) for _ in range(4)
+        ]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    for response in responses[:3]:
+        for name in ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"):
+            assert len(response.headers.get_list(name)) == 1, name
+        assert response.headers["ratelimit-limit"] == "3"
+        assert len(response.headers.get_list("x-request-id")) == (1 if observed else 0)
+    assert [r.headers["ratelimit-remaining"] for r in responses[:3]] == ["2", "1", "0"]
+    assert responses[3].headers["ratelimit-remaining"] == "0"
+    assert int(responses[3].headers["retry-after"]) >= 1
+
+
+async def test_rate_limit_middleware_works_as_a_layer_of_its_own(settings: Settings) -> None:
+    """``RateLimitMiddleware`` (for stacks built by hand) checks the tenant bound by an outer
+    layer, adds the headers to admitted responses and refuses with a 429; a request with no
+    tenant bound passes untouched."""
+    chosen = limited(settings, TierLimits(rate=1, burst=2))
+    client = create_redis_client(chosen.redis)
+    limiter = RateLimiter(
+        client,
+        guard=RedisGuard(),
+        keys=KeyBuilder(chosen.redis.key_prefix),
+        settings=chosen.rate_limit,
+    )
+    ctx = TenantContext(id=uuid4(), slug="hand", tier="free", schema="t_hand")
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    inner = RateLimitMiddleware(endpoint, limiter=limiter)
+
+    async def bind(scope: Any, receive: Any, send: Any) -> None:
+        with tenant_scope(ctx if scope["path"] == "/tenant" else None):
+            await inner(scope, receive, send)
+
+    try:
+        transport = httpx.ASGITransport(app=bind)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hand") as http:
+            codes = [(await http.get("/tenant")) for _ in range(3)]
+            free = [(await http.get("/none")) for _ in range(5)]
+    finally:
+        await limiter.close()
+        await client.aclose()
+    assert [r.status_code for r in codes] == [200, 200, 429]
+    assert [r.headers["ratelimit-remaining"] for r in codes] == ["1", "0", "0"]
+    assert codes[2].json()["error"]["code"] == "rate_limited"
+    assert {r.status_code for r in free} == {200}
+    assert all("ratelimit-limit" not in r.headers for r in free)
 
 
 async def test_a_noisy_neighbour_is_limited_from_reserved_tokens_too(settings: Settings) -> None:

@@ -177,7 +177,7 @@ class RateLimitSettings:
     is unreachable, requests are let through (the default) rather than refused with 503.
     An in-flight slot not released within ``concurrency_lease`` seconds (a crashed worker)
     is reclaimed. ``reserve``: a process takes this many seconds of a tenant's sustained
-    rate from Redis at once (at most a quarter of its burst, at most 100 tokens) and admits
+    rate from Redis at once (at most a quarter of its burst, at most 1,000 tokens) and admits
     requests from them without a round trip, and under a concurrency cap of 8 or more also
     leases a quarter of the cap in slots (see :mod:`tenantry.cache.ratelimit`); 0 checks
     every request in Redis.

@@ -25,7 +25,6 @@ from tenantry.web.flag_admin import router as flag_admin_router
 from tenantry.web.middleware import DEFAULT_EXEMPT, TenantMiddleware
 from tenantry.web.observability import REQUEST_ID_KEY, ObservabilityMiddleware
 from tenantry.web.observability_admin import router as observability_admin_router
-from tenantry.web.ratelimit import RateLimitMiddleware
 from tenantry.web.resolver import ChainResolver, TenantResolver
 
 logger = logging.getLogger("tenantry.web")
@@ -59,9 +58,6 @@ def create_app(
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.tenantry = platform
     app.state.tenantry_tokens = tokens
-    if platform.rate_limiter is not None:
-        # Added first, so it runs inside TenantMiddleware: it needs the bound tenant.
-        app.add_middleware(RateLimitMiddleware, limiter=platform.rate_limiter)
     app.add_middleware(
         TenantMiddleware,
         resolver=resolver
@@ -69,6 +65,7 @@ def create_app(
             platform.directory, settings.resolution, tokens, auth_required=settings.auth.required
         ),
         exempt=exempt,
+        limiter=platform.rate_limiter,  # checked right after the tenant is bound
     )
     # Outermost: it times, counts and logs every request, refused ones included. With
     # metrics, traces, access log and usage all off there is nothing for it to do.

@@ -42,9 +42,9 @@ from tenantry.observability.hub import Observability
 from tenantry.observability.logging import ACCESS_LOG
 from tenantry.observability.metrics import UNMATCHED_ROUTE
 from tenantry.observability.tracing import Tracing, tenant_attributes
-from tenantry.web.middleware import CONTEXT_KEY, PRINCIPAL_KEY
+from tenantry.web.middleware import CONTEXT_KEY, PRINCIPAL_KEY, RESPONSE_HEADERS_KEY
+from tenantry.web.ratelimit import RATE_LIMITED_KEY
 
-RATE_LIMITED_KEY = "tenantry.rate_limited"
 REQUEST_ID_KEY = "tenantry.request_id"
 """Where the request id is left in ``scope["state"]`` when the app raised before answering,
 so the 500 that Starlette's outermost error middleware renders can carry it too."""
@@ -79,7 +79,10 @@ class ObservabilityMiddleware:
                 traceparent = value.decode("latin-1")
         if request_id is None:
             request_id = new_request_id()
-        rid_header = (REQUEST_ID_HEADER, request_id.encode())
+        # X-Request-ID, and whatever inner layers add (rate-limit headers): one wrapper.
+        extra = [(REQUEST_ID_HEADER, request_id.encode())]
+        state = scope.setdefault("state", {})
+        state[RESPONSE_HEADERS_KEY] = extra
         status = 500
         started = False
 
@@ -88,7 +91,7 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started = True
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         span = None
@@ -115,12 +118,11 @@ class ObservabilityMiddleware:
             if not started:
                 # Starlette's ServerErrorMiddleware (outside this one) answers the 500:
                 # leave it the request id for its X-Request-ID header.
-                scope.setdefault("state", {})[REQUEST_ID_KEY] = request_id
+                state[REQUEST_ID_KEY] = request_id
             raise
         finally:
             unbind_correlation(token)
             seconds = perf_counter() - start
-            state = scope.get("state") or _EMPTY
             tenant: TenantContext | None = state.get(CONTEXT_KEY)
             route_obj = scope.get("route")
             route = getattr(route_obj, "path", None) or self._template_of(scope)
@@ -187,9 +189,6 @@ class ObservabilityMiddleware:
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
         span.end()
-
-
-_EMPTY: dict[str, Any] = {}
 
 
 def _leaf_routes(routes: Any) -> Iterator[Any]:
