@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import platform
+import random
 import secrets
 import statistics
 import sys
@@ -205,6 +206,16 @@ def rotated(items: Sequence[T], by: int) -> list[T]:
     """``items`` starting at ``by`` (mod len): every item gets every slot in turn."""
     by %= len(items)
     return [*items[by:], *items[:by]]
+
+
+def shuffled(items: Sequence[T], seed: int) -> list[T]:
+    """``items`` in an order drawn from ``seed``: over many rounds every item gets every
+    slot and every neighbour. With more than two variants a rotation keeps the same item
+    before each one, and work left over by one block (a flush, a timer) always lands on
+    the same other variant."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
