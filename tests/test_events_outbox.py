@@ -15,7 +15,7 @@ import pytest
 
 from tenantry import Platform, tenant_scope
 from tenantry.catalog import Tenant
-from tenantry.events import InvalidEventError, NewEvent, NoTransactionError
+from tenantry.events import InvalidEventError, NewEvent, NoTransactionError, outbox
 from tests.events_helpers import family
 
 MakeTenant = Callable[..., Awaitable[Tenant]]
@@ -112,6 +112,50 @@ async def test_publish_many_keeps_order_in_one_round_trip(
     entries = await platform.events.audit.entries(tenant.id, limit=100)
     assert [e.event_id for e in entries] == ids
     assert [e.position for e in entries] == list(range(1, 51))
+
+
+async def test_publish_alone_commits_events_in_one_round_trip(
+    platform: Platform, make_tenant: MakeTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``publish_alone`` commits events that go with no business write in a transaction of
+    their own, one message on the wire: in the outbox in order, chained in the tenant's
+    audit trail after what the tenant published before, the chain intact. A payload JSON
+    cannot encode raises and leaves nothing behind, and the connection goes back clean."""
+    tenant = await make_tenant("evt", tier="enterprise")
+    kind = f"{family()}.alone"
+    with tenant_scope(tenant.context()):
+        async with platform.db.tenant_transaction():
+            first = await platform.events.publish(kind, {"i": -1})
+        sent: list[str] = []
+
+        class Counting(psycopg.AsyncClientCursor[Any]):
+            async def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+                sent.append(self.mogrify(query, params))
+                return await super().execute(query, params, **kw)
+
+        monkeypatch.setattr(outbox, "AsyncClientCursor", Counting)
+        ids = await platform.events.publish_alone(NewEvent(kind, {"i": i}) for i in range(3))
+        monkeypatch.undo()
+    other = await make_tenant("evt")
+    more = await platform.events.publish_alone([NewEvent(kind, {"i": 3})], tenant=other.context())
+    rows = await _outbox(platform, kind)
+    assert [row["event_id"] for row in rows] == [first, *ids, *more]
+    assert [row["tenant_id"] for row in rows] == [tenant.id] * 4 + [other.id]
+    assert {row["tier"] for row in rows[:4]} == {"enterprise"}
+    assert len(sent) == 1  # BEGIN, binding, publish, COMMIT: one simple-query message
+    assert sent[0].startswith("BEGIN")
+    assert sent[0].endswith("; COMMIT")
+    entries = await platform.events.audit.entries(tenant.id, limit=10)
+    assert [e.event_id for e in entries] == [first, *ids]
+    assert (await platform.events.audit.verify(tenant.id)).ok
+    with pytest.raises(InvalidEventError):
+        await platform.events.publish_alone(
+            [NewEvent(kind, {"bad": object()})], tenant=other.context()
+        )
+    assert [row["event_id"] for row in await _outbox(platform, kind)] == [first, *ids, *more]
+    async with platform.db.cell(other.cell).app_pool.connection() as conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert await platform.events.publish_alone([], tenant=other.context()) == []
 
 
 async def test_the_app_role_can_publish_but_not_read_or_rewrite_events(

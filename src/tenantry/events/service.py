@@ -13,6 +13,7 @@ from uuid import UUID
 from psycopg import AsyncConnection
 
 from tenantry.catalog import TenantDirectory
+from tenantry.context import TenantContext, current_tenant
 from tenantry.db import Database
 from tenantry.events.audit import AuditTrail
 from tenantry.events.handlers import EventHandlers, HandlerRunner, call_handler
@@ -75,6 +76,15 @@ class Events:
     ) -> list[UUID]:
         """Publish several events in one round trip."""
         return await self.publisher.publish_many(events, conn=conn)
+
+    async def publish_alone(
+        self, events: Iterable[NewEvent], *, tenant: TenantContext | None = None
+    ) -> list[UUID]:
+        """Publish events that go with no business write, in a transaction of their own
+        (committed when this returns), in one round trip. ``tenant`` defaults to the one
+        bound to the current context."""
+        ctx = tenant or current_tenant()
+        return await self.publisher.publish_alone(self.db.cell(ctx.cell).app_pool, ctx, events)
 
     def processor(
         self,
