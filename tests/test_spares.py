@@ -11,6 +11,7 @@ import pytest
 from hr_example import HR_SCHEMA
 from tenantry import Platform, SchemaStep, Settings, TenantSchema
 from tenantry.catalog import TenantExistsError
+from tenantry.provisioning.spares import CLAIM_SQL
 from tenantry.settings import ProvisioningSettings
 from tests.conftest import unique_slug
 
@@ -272,3 +273,31 @@ async def test_claims_without_waiting_for_the_wal_flush_are_still_atomic(
             assert await cur.fetchone() == ("on",)
     finally:
         await platform.stop()
+
+
+async def test_a_sign_up_from_a_spare_is_announced_after_it_commits(
+    spare_platform: Platform,
+) -> None:
+    """The claim itself sends no NOTIFY (that would hold a database-wide lock through its
+    commit); the claiming process announces the tenant right after. Another process that
+    had cached the slug as unknown serves it at once, well within the negative TTL."""
+    assert "pg_notify" not in CLAIM_SQL
+    other = Platform(spare_platform.settings, HR_SCHEMA)
+    await other.start(listen=False)
+    await other.directory.start()
+    try:
+        other.directory.negative_ttl = 300.0  # only the announcement can clear the entry
+        slug = unique_slug("announced")
+        assert await other.directory.get(slug) is None  # cached as unknown
+        await spare_platform.spares.fill()
+        tenant = await spare_platform.tenants.create(slug)
+        assert tenant.schema_name.startswith("ts_")  # a claim, not a build
+        for _ in range(200):
+            found = await other.directory.get(slug)
+            if found is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert found is not None
+        assert found.id == tenant.id
+    finally:
+        await other.stop()

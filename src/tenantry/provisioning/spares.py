@@ -42,7 +42,7 @@ SPARE_PREFIX = "ts_"
 FILL_LOCK = 0x7E4A48  # one filler at a time per database
 _NOBODY = UUID(int=0)
 
-CLAIM_SQL = f"""
+CLAIM_SQL = """
 WITH spare AS (
     DELETE FROM tenantry.spare_schemas WHERE schema_name = (
         SELECT s.schema_name FROM tenantry.spare_schemas s
@@ -60,12 +60,17 @@ WITH spare AS (
     INSERT INTO tenantry.lifecycle_log (tenant_id, action, actor, detail)
     SELECT id, 'create', %(actor)s, %(detail)s::jsonb FROM tenant
 )
-SELECT schema_name, pg_notify('{NOTIFY_CHANNEL}', id::text) FROM tenant
+SELECT schema_name FROM tenant
 """
 """Claim a spare for a new tenant: one statement (so one transaction), pure DML. Returns
 the spare's name, or no row when the stock is empty (the caller then builds the schema).
-The ``NOTIFY`` tells other processes' tenant directories to drop a cached "unknown
-tenant" answer for this slug; it is delivered at commit, or not at all."""
+
+Other processes' tenant directories hear of the new tenant (and drop a cached "unknown
+tenant" answer for its slug) from a ``NOTIFY`` sent right *after* the claim commits, not
+inside it: a ``NOTIFY`` in a transaction takes a database-wide lock from its commit until
+the commit's WAL flush, which cost a sign-up ~0.12 ms (~12 %) here. If the process dies
+between the two, those caches catch up when their negative entries expire
+(``TenantDirectory.negative_ttl``, 5 s by default)."""
 
 
 def _lit(value: object) -> str:
@@ -92,6 +97,7 @@ class SparePool:
         self.synchronous = synchronous
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._announcing: set[asyncio.Task[None]] = set()
 
     async def count(self) -> int:
         """Spares at the current schema version."""
@@ -147,7 +153,31 @@ class SparePool:
                 cur = await conn.execute(CLAIM_SQL, params, prepare=True)
                 await conn.execute("COMMIT")
         row = await cur.fetchone()
-        return str(row[0]) if row else None
+        if not row:
+            return None
+        self._announce(tenant.id)
+        return str(row[0])
+
+    def _announce(self, tenant_id: UUID) -> None:
+        """Tell other processes about a claimed tenant, off the sign-up's path (see
+        :data:`CLAIM_SQL`)."""
+        task = asyncio.create_task(self._notify(tenant_id), name="tenantry-announce")
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _notify(self, tenant_id: UUID) -> None:
+        try:
+            async with self.db.cell(self.cell).owner_pool.connection() as conn:
+                await conn.execute(
+                    "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(tenant_id)), prepare=True
+                )
+        except Exception as exc:
+            logger.warning(
+                "could not announce new tenant %s to other processes (their tenant caches "
+                "catch up within the negative TTL): %s",
+                tenant_id,
+                exc,
+            )
 
     async def fill(
         self, target: int | None = None, *, on_built: Callable[[int, int], None] | None = None
@@ -205,7 +235,10 @@ class SparePool:
             self.kick()
 
     async def stop(self) -> None:
-        """Stop the refiller (a spare being built is rolled back with its connection)."""
+        """Stop the refiller (a spare being built is rolled back with its connection), once
+        every claim has been announced."""
+        if self._announcing:
+            await asyncio.gather(*self._announcing, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
