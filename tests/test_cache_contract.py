@@ -462,11 +462,15 @@ async def test_a_burst_is_admitted_then_refused_with_retry_after(backend: Backen
     assert (await limiter.acquire(who)).allowed
 
 
-async def server_view(backend: Backend, address: str) -> dict[str, str]:
-    """The server's ``CLIENT LIST`` entry for the connection whose local end is
-    ``address`` (asked on whichever node that connection talks to)."""
+async def server_view(backend: Backend, conn: Any) -> dict[str, str]:
+    """The server's ``CLIENT LIST`` entry for the limiter connection ``conn``, asked on the
+    node it talks to (only there: the same local port may be in use towards another node)."""
     client: Any = backend.client
-    nodes = client.get_nodes() if is_cluster(client) else [None]
+    address = conn.local_address
+    if is_cluster(client):
+        nodes = [client.get_node(host=conn.address.host, port=conn.address.port)]
+    else:
+        nodes = [None]
     for node in nodes:
         if node is None:
             listing = await client.execute_command("CLIENT", "LIST")
@@ -489,10 +493,10 @@ async def test_one_check_is_one_round_trip(backend: Backend) -> None:
     await limiter.acquire(who)  # connects; the script is loaded on first use
     [conn] = limiter.pipeline.connections  # the node that owns the tenant's slot
     stats = limiter.pipeline.stats
-    before = await server_view(backend, conn.local_address)
+    before = await server_view(backend, conn)
     writes, commands, sent = stats.batches, stats.commands, stats.bytes
     decision = await limiter.acquire(who)
-    after = await server_view(backend, conn.local_address)
+    after = await server_view(backend, conn)
     assert decision.allowed
     assert (stats.batches - writes, stats.commands - commands) == (1, 1)
     assert int(after["tot-net-in"]) - int(before["tot-net-in"]) == stats.bytes - sent > 0
