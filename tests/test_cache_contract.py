@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 from uuid import uuid4
@@ -710,13 +710,7 @@ async def test_a_limit_change_drops_reserved_tokens(backend: Backend) -> None:
     limiter = backend.limiter(TierLimits(rate=1_000_000, burst=1_000_000))
     who = tenant()
     assert (await limiter.acquire(who)).allowed  # reserves a batch
-    capped = TenantContext(
-        id=who.id,
-        slug=who.slug,
-        tier=who.tier,
-        schema=who.schema,
-        attributes={"rate_limit": {"concurrency": 1}},
-    )
+    capped = replace(who, attributes={"rate_limit": {"concurrency": 1}})
     held = await limiter.acquire(capped)
     assert held.allowed
     assert held.lease is not None
@@ -876,13 +870,7 @@ async def test_a_limit_change_drops_leased_slots(backend: Backend) -> None:
     assert running.slot is not None
     assert await backend.client.zcard(key) == 10  # a lease of 10, one slot in use
     old_members = set(await backend.client.zrange(key, 0, -1))
-    changed = TenantContext(
-        id=who.id,
-        slug=who.slug,
-        tier=who.tier,
-        schema=who.schema,
-        attributes={"rate_limit": {"concurrency": 8}},
-    )
+    changed = replace(who, attributes={"rate_limit": {"concurrency": 8}})
     fresh = await limiter.acquire(changed)  # retires the old lease, leases under cap 8
     assert fresh.allowed
     assert fresh.slot is not None

@@ -222,6 +222,13 @@ async def test_suspending_a_tenant_logs_out_its_sessions_everywhere(
 
 
 # -- rate limits ----------------------------------------------------------------------------
+def _assert_refused(response: httpx.Response, code: str, message: str) -> None:
+    """A 429 in tenantry's error shape, telling the client when to retry."""
+    assert response.status_code == 429
+    assert response.json() == {"error": {"code": code, "message": message}}
+    assert int(response.headers["retry-after"]) >= 1
+
+
 def limited(settings: Settings, limits: TierLimits, **rate_limit: Any) -> Settings:
     """``settings`` with rate limiting on, every tier at ``limits``, keys of their own."""
     tiers = MappingProxyType({"free": limits, "pro": limits, "enterprise": limits})
@@ -260,13 +267,9 @@ async def test_a_noisy_neighbour_gets_429s_while_other_tenants_all_succeed(
     admitted = noisy_codes.count(200)
     assert 10 <= admitted <= 10 + 5 * elapsed + 1  # the burst, plus what the rate refills
     refused = next(r for r in responses[:300] if r.status_code == 429)
-    assert refused.json() == {
-        "error": {
-            "code": "rate_limited",
-            "message": "too many requests for this tenant; retry after the delay given",
-        }
-    }
-    assert int(refused.headers["retry-after"]) >= 1
+    _assert_refused(
+        refused, "rate_limited", "too many requests for this tenant; retry after the delay given"
+    )
     assert refused.headers["ratelimit-limit"] == "10"
     assert refused.headers["ratelimit-remaining"] == "0"
     assert int(refused.headers["ratelimit-reset"]) >= 1
@@ -512,13 +515,9 @@ async def test_a_noisy_neighbour_is_capped_from_leased_slots_too(settings: Setti
     codes = [r.status_code for r in flood]
     assert set(codes) == {200, 429}
     refused = next(r for r in flood if r.status_code == 429)
-    assert refused.json() == {
-        "error": {
-            "code": "too_many_concurrent_requests",
-            "message": "too many requests in flight for this tenant",
-        }
-    }
-    assert int(refused.headers["retry-after"]) >= 1
+    _assert_refused(
+        refused, "too_many_concurrent_requests", "too many requests in flight for this tenant"
+    )
     assert refused.headers["ratelimit-limit"] == "1000"
     ok = next(r for r in flood if r.status_code == 200)
     assert ok.headers["ratelimit-limit"] == "1000"

@@ -214,6 +214,16 @@ async def test_two_relays_at_once_deliver_everything_in_tenant_order(
         assert seen[tenant.id] == published[tenant.id]
 
 
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    """How many records ``group`` has committed past, over ``topic``'s three partitions."""
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        committed = probe.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
+    finally:
+        probe.close()
+    return sum(max(tp.offset, 0) for tp in committed)
+
+
 async def test_relayed_offsets_are_committed_only_after_handling(
     kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
 ) -> None:
@@ -235,13 +245,9 @@ async def test_relayed_offsets_are_committed_only_after_handling(
     async with running(consumer.run):
         await wait_for(lambda: _count(kafka_platform, group, 7), what="7 effects")
         await asyncio.sleep(0.5)
-    topic = kafka_platform.settings.events.topic_prefix + fam
-    probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
-    try:
-        committed = probe.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
-    finally:
-        probe.close()
-    assert sum(max(tp.offset, 0) for tp in committed) == 7
+    assert (
+        _committed(kafka_bootstrap, group, kafka_platform.settings.events.topic_prefix + fam) == 7
+    )
 
 
 async def test_a_slow_tenant_does_not_hold_up_the_others(
@@ -273,13 +279,9 @@ async def test_a_slow_tenant_does_not_hold_up_the_others(
         release.set()
         await wait_for(lambda: _count(kafka_platform, group, 6), what="the slow tenant's")
         await asyncio.sleep(0.5)  # the next poll commits
-    topic = kafka_platform.settings.events.topic_prefix + fam
-    probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
-    try:
-        committed = probe.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)
-    finally:
-        probe.close()
-    assert sum(max(tp.offset, 0) for tp in committed) == 6
+    assert (
+        _committed(kafka_bootstrap, group, kafka_platform.settings.events.topic_prefix + fam) == 6
+    )
 
 
 async def test_members_joining_and_leaving_keep_each_tenant_in_order_once(

@@ -506,6 +506,11 @@ class RateLimiter:
             decision = self.admit_reserved(tenant)
             if decision is not None:
                 return decision
+        return await self.acquire_waiting(tenant, cost=cost)
+
+    async def acquire_waiting(self, tenant: TenantContext, *, cost: int = 1) -> RateDecision:
+        """:meth:`acquire` for a caller that has just tried :meth:`admit_reserved`: wait for
+        the refill shared with other requests, or check in Redis."""
         plan = self._plan(tenant)
         if plan.reserve is not None and cost == 1:
             return await self._acquire_reserved(plan, plan.reserve)

@@ -35,15 +35,13 @@ _CODES = {
 async def admit(
     limiter: RateLimiter, tenant: TenantContext, scope: Scope, receive: Receive, send: Send
 ) -> RateDecision | None:
-    """Check one request of ``tenant``: its admission (to be given back with
-    ``limiter.release`` when the request ends), or ``None`` once it has been answered here
-    (429, or 503 when the limiter is unavailable and fails closed)."""
-    # Most requests are admitted from tokens held locally: no I/O, no coroutine.
-    decision = limiter.admit_reserved(tenant)
-    if decision is not None:
-        return decision
+    """Check one request of ``tenant`` that ``limiter.admit_reserved`` could not admit
+    (callers try that plain call first: it admits most requests, with no I/O and no
+    coroutine): its admission (to be given back with ``limiter.release`` when the request
+    ends), or ``None`` once it has been answered here (429, or 503 when the limiter is
+    unavailable and fails closed)."""
     try:
-        decision = await limiter.acquire(tenant)
+        decision = await limiter.acquire_waiting(tenant)
     except RateLimitUnavailableError as exc:
         response = problem_response(
             503, "rate_limiter_unavailable", str(exc), headers={"Retry-After": "1"}
@@ -88,7 +86,9 @@ class RateLimitMiddleware:
         if tenant is None:
             await self.app(scope, receive, send)
             return
-        decision = await admit(self.limiter, tenant, scope, receive, send)
+        decision = self.limiter.admit_reserved(tenant) or await admit(
+            self.limiter, tenant, scope, receive, send
+        )
         if decision is None:
             return
         try:
