@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from hr_example.api import router as hr_router
 from hr_example.schema import HR_SCHEMA
 from tenantry import Settings
 from tenantry.catalog import Tenant
+from tenantry.devstack.errors import ServiceError
 from tenantry.devstack.prometheus import PrometheusService
 from tenantry.observability.rules import BurnWindow, RuleWindows, write_rules
 from tenantry.web import create_app
@@ -132,3 +134,16 @@ async def test_prometheus_fires_the_alert_of_the_failing_tenant_only(
         target.unlink(missing_ok=True)
         (prometheus.rules_dir / f"{run}.yml").unlink(missing_ok=True)
         prometheus.reload()
+
+
+def test_a_prometheus_started_from_another_folder_is_refused_not_reused(
+    prometheus: PrometheusService, tmp_path: Path
+) -> None:
+    """The server on the port reads its rules and targets from its own folder: a service
+    for another folder must not take it for its own (it would write targets nobody reads),
+    and says so."""
+    stranger = PrometheusService(tmp_path / "prometheus", port=prometheus.port)
+    with pytest.raises(ServiceError, match="not started from"):
+        stranger.start()
+    prometheus.start()  # its own server: a no-op
+    assert prometheus.is_running()

@@ -14,6 +14,17 @@ class ServiceError(TenantryError):
     """An embedded service could not be installed, started or stopped."""
 
 
+def pidfile_alive(pidfile: Path) -> bool:
+    """Whether ``pidfile`` names a process that is still running."""
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
 def stop_by_pidfile(pidfile: Path, name: str, timeout: float) -> None:
     """SIGTERM the process named in ``pidfile`` and wait until it is gone (then remove the
     file); a no-op when there is no pidfile or no such process."""

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenantry.devstack.errors import ServiceError, stop_by_pidfile
+from tenantry.devstack.errors import ServiceError, pidfile_alive, stop_by_pidfile
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
@@ -95,9 +95,19 @@ class PrometheusService:
         return self.data_dir / "prometheus.pid"
 
     def start(self) -> None:
-        """Start the server (installing it first if needed); a no-op when it runs."""
+        """Start the server (installing it first if needed); a no-op when it runs.
+
+        A server on the port that this folder did not start is refused, not reused: it
+        reads its rules and targets from another folder, so what is written here would
+        never reach it (a checkout deleted while its Prometheus ran leaves one behind).
+        """
         if self.is_running():
-            return
+            if pidfile_alive(self._pidfile):
+                return
+            raise ServiceError(
+                f"a Prometheus not started from {self.data_dir} already answers on "
+                f"{self.url}; stop it (or choose another port) and start again"
+            )
         ensure_installed()
         for folder in (self.data_dir, self.rules_dir, self.targets_dir, self.data_dir / "data"):
             folder.mkdir(parents=True, exist_ok=True)
