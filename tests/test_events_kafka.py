@@ -34,6 +34,7 @@ from tests.events_helpers import (
 )
 
 MakeTenant = Callable[..., Awaitable[Tenant]]
+OFFSETS_PARTITIONS = 8  # offsets.topic.num.partitions of the devstack broker
 
 
 @pytest.fixture
@@ -247,6 +248,67 @@ async def test_relayed_offsets_are_committed_only_after_handling(
         await asyncio.sleep(0.5)
     assert (
         _committed(kafka_bootstrap, group, kafka_platform.settings.events.topic_prefix + fam) == 7
+    )
+
+
+def _offset_commits(bootstrap: str, group: str) -> int:
+    """How many offset records the broker holds for ``group``'s partition of
+    ``__consumer_offsets`` (each OffsetCommit writes one per partition it commits); other
+    groups sharing that partition must be idle while this is compared."""
+    java_hash = 0
+    for char in group:  # Kafka places a group by abs(its Java String.hashCode())
+        java_hash = (31 * java_hash + ord(char)) & 0xFFFFFFFF
+    signed = java_hash - (1 << 32) if java_hash >= 1 << 31 else java_hash
+    partition = (abs(signed) if signed != -(1 << 31) else 0) % OFFSETS_PARTITIONS
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{group}"})
+    try:
+        _low, high = probe.get_watermark_offsets(
+            TopicPartition("__consumer_offsets", partition), timeout=10
+        )
+    finally:
+        probe.close()
+    return int(high)
+
+
+async def test_offsets_are_committed_at_intervals_while_records_flow(
+    kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
+) -> None:
+    """A steady trickle of records (one every ~50 ms, each poll finding some) is committed
+    about once per ``commit_interval``, not once per poll; when the consumer stops, the
+    group has committed exactly the records it handled."""
+    tenant = await make_tenant("kfk")
+    fam = family()
+    kind = f"{fam}.created"
+    group = f"g-{family()}"
+    handlers = EventHandlers(group)
+
+    @handlers.on(kind)
+    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
+        await record_effect(conn, group, event)
+
+    consumer = kafka_platform.events.consumer(group, handlers)
+    assert isinstance(consumer, KafkaEventConsumer)
+    consumer.settings = replace(consumer.settings, commit_interval=1.0)
+    relay = kafka_platform.events.relay()
+    await _publish(kafka_platform, tenant, kind, 1)
+    await relay.relay_batch()
+    async with running(consumer.run):
+        await wait_for(lambda: _count(kafka_platform, group, 1), what="the first effect")
+        before = await asyncio.to_thread(_offset_commits, kafka_bootstrap, group)
+        started = time.monotonic()
+        for i in range(40):
+            await _publish(kafka_platform, tenant, kind, 1, 1 + i)
+            await relay.relay_batch()
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: _count(kafka_platform, group, 41), what="41 effects")
+        flowing = time.monotonic() - started
+        await asyncio.sleep(0.5)  # an empty poll commits the rest
+        commits = await asyncio.to_thread(_offset_commits, kafka_bootstrap, group) - before
+    # Once per second while records flow (~2-4 s here), once when they stop; one per poll
+    # would be ~40.
+    assert 1 <= commits <= flowing + 3
+    assert (
+        _committed(kafka_bootstrap, group, kafka_platform.settings.events.topic_prefix + fam) == 41
     )
 
 

@@ -268,6 +268,10 @@ class EventsSettings:
     at once by one consumer. ``consume_in_app``: run the app's consumers inside the web
     process (the embedded default does; with Kafka, run ``tenantry consume`` instead).
     ``log_retention``: seconds the embedded log keeps events every group has passed.
+    ``commit_interval``: seconds between a Kafka consumer's offset commits while records
+    flow (it also commits whenever a poll finds nothing new, and when it stops); offsets
+    only ever cover handled records, so a consumer that dies replays at most this much,
+    which the inbox absorbs. 0 commits after every poll.
     """
 
     kafka_bootstrap: str | None = None
@@ -281,6 +285,7 @@ class EventsSettings:
     concurrency: int = 16
     consume_in_app: bool = True
     log_retention: float = 7 * 86_400.0
+    commit_interval: float = 0.2
 
 
 DEFAULT_REDACTED_KEYS = (
@@ -504,6 +509,7 @@ def _events_settings(env: Mapping[str, str]) -> EventsSettings:
         concurrency=max(1, _int(env, "TENANTRY_EVENTS_CONCURRENCY", 16)),
         consume_in_app=_bool(env, "TENANTRY_EVENTS_CONSUME_IN_APP", kafka is None),
         log_retention=_float(env, "TENANTRY_EVENTS_LOG_RETENTION", 7 * 86_400.0),
+        commit_interval=max(0.0, _float(env, "TENANTRY_EVENTS_COMMIT_INTERVAL", 0.2)),
     )
 
 

@@ -9,7 +9,8 @@ batch. A tenant's records all live in one partition (the key is the tenant), so 
 sees them in log order.
 
 A record's offset is committed only once it and every record before it in its partition
-have been handled (per partition, the end of the contiguous handled prefix). A consumer
+have been handled (per partition, the end of the contiguous handled prefix), at most every
+``EventsSettings.commit_interval`` while records flow and whenever a poll finds none. A consumer
 killed mid-handler leaves its offsets behind its effects; the group's next owner of the
 partition replays from there and the inbox skips what was already handled. A lane's
 infrastructure failure (the database gone) stops the consumer, which rejoins from the
@@ -20,6 +21,7 @@ value and headers plus ``dlq_error``, ``dlq_attempts`` and ``dlq_consumer``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -132,6 +134,8 @@ class KafkaEventConsumer:
         flight = _InFlight()
         lanes = _Lanes(self.processor, flight, self.settings.consumer_batch)
         most = 4 * self.settings.consumer_batch
+        interval = self.settings.commit_interval
+        next_commit = 0.0
 
         def revoked(consumer: Consumer, partitions: list[Any]) -> None:
             # In the poll's thread, while the event loop runs the lanes: let the records of
@@ -170,6 +174,14 @@ class KafkaEventConsumer:
                             flight.done(position)
                         else:
                             lanes.deal(envelope, position)
+                    # Commit at most every commit_interval while records flow, and
+                    # whenever a poll comes back empty. One commit per poll would be an
+                    # OffsetCommit request (a write to __consumer_offsets) per handful of
+                    # records at low rates: most of the broker's work.
+                    now = loop.time()
+                    if messages and now < next_commit:
+                        continue
+                    next_commit = now + interval
                     offsets = flight.committable()
                     if offsets:
                         try:
@@ -179,6 +191,8 @@ class KafkaEventConsumer:
         finally:
             lanes.closed = True
             self.active.clear()
+            with contextlib.suppress(Exception):  # what is handled by now (else: replayed)
+                await loop.run_in_executor(executor, _commit, consumer, flight.committable())
             await loop.run_in_executor(executor, consumer.close)
             executor.shutdown(wait=False)
 
