@@ -12,7 +12,9 @@ Measured in one run, on one broker and one PostgreSQL (real ones, on loopback):
 3. **End-to-end latency**: events published at a steady rate (one per transaction), each
    timed from its transaction's COMMIT returning to its handler starting, through relay,
    Kafka and a tenantry consumer (inbox, tenant transaction), all in this process. Also
-   through the embedded mode (no broker: the consumer reads the outbox).
+   through the embedded mode (no broker: the consumer reads the outbox). The publisher
+   processes start, warm up (untimed events the consumer has no handler for) and then
+   begin together, so no timed event shares the machine with a process's start-up.
 
 Usage: ``.venv/bin/python bench/events.py`` (``scripts/services start postgres kafka``
 first). Nothing is asserted; medians of ``--rounds`` rounds are printed with ratios.
@@ -60,6 +62,7 @@ from tenantry.events.relay import OutboxRelay, Record
 
 DEFAULT_KAFKA = "127.0.0.1:19092"
 TENANTS = 8
+WARMUP_TRANSACTIONS = 64  # per publisher process, before the timed run
 
 
 def _aio_config(bootstrap: str) -> dict[str, Any]:
@@ -211,10 +214,10 @@ async def publish_at_rate(
         tenants = [await platform.tenants.get(slug) for slug in slugs]
         gate = asyncio.Semaphore(32)
 
-        async def one(i: int) -> None:
+        async def one(i: int, kind: str = "latency.probe") -> None:
             async with gate:
                 ctx = tenants[i % len(tenants)].context()
-                batch = [NewEvent("latency.probe", {"i": i, "k": k}) for k in range(per_tx)]
+                batch = [NewEvent(kind, {"i": i, "k": k}) for k in range(per_tx)]
                 if alone:
                     ids = await platform.events.publish_alone(batch, tenant=ctx)
                 else:
@@ -222,9 +225,16 @@ async def publish_at_rate(
                         async with platform.db.tenant_transaction():
                             ids = await platform.events.publish_many(batch)
                 at = time.time()
-                for event_id in ids:
-                    committed[str(event_id)] = at
+                if kind == "latency.probe":
+                    for event_id in ids:
+                        committed[str(event_id)] = at
 
+        # Warm up (pool connections, prepared statements), untimed: events of a type the
+        # consumer has no handler for. Then say so and wait for the common start, so no
+        # publisher's timed events share the machine with another one's start-up.
+        await asyncio.gather(*(one(i, "latency.warmup") for i in range(WARMUP_TRANSACTIONS)))
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
         rate = rate / per_tx  # transactions per second
         total = int(rate * seconds)
         pending: list[asyncio.Task[None]] = []
@@ -243,9 +253,12 @@ async def publish_at_rate(
     await asyncio.to_thread(Path(out).write_text, json.dumps(document))
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], env: dict[str, str], *, piped: bool = False) -> subprocess.Popen[bytes]:
     # This script itself (the publisher) and the tenantry CLI (the relay): no input in them.
-    return subprocess.Popen(args, env={**os.environ, **env}, cwd=REPO_DIR)  # noqa: S603
+    pipe = subprocess.PIPE if piped else None
+    return subprocess.Popen(  # noqa: S603
+        args, env={**os.environ, **env}, cwd=REPO_DIR, stdin=pipe, stdout=pipe
+    )
 
 
 async def latency(
@@ -301,9 +314,20 @@ async def latency(
                     ",".join(t.slug for t in tenants),
                 ],
                 env,
+                piped=True,
             )
             for out in outs
         ]
+        for publisher in publishers:  # every one started and warmed up ...
+            assert publisher.stdout is not None
+            line = await asyncio.to_thread(publisher.stdout.readline)
+            if line.strip() != b"ready":
+                raise SystemExit(f"a publisher process did not start ({line!r})")
+        await asyncio.sleep(1.0)  # ... and its warm-up events through
+        for publisher in publishers:  # then all go at once
+            assert publisher.stdin is not None
+            publisher.stdin.write(b"go\n")
+            publisher.stdin.flush()
         for publisher in publishers:
             code = await asyncio.to_thread(publisher.wait)
             if code != 0:
