@@ -25,7 +25,11 @@ time is reported: that is the background refill's work), then as many tenants si
 one after another from that **pre-stocked** pool, no refill running meanwhile. Sign-ups
 with durable claims (the default) and with ``synchronous_claims`` off alternate one by
 one, and so does a one-row ``INSERT`` + commit on the same server: the commit's WAL flush
-is the floor a durable sign-up cannot go under, measured under the same load.
+is the floor a durable sign-up cannot go under, measured under the same load. Before
+the sign-ups are timed the server settles (``--settle``: a ``CHECKPOINT``, then up to
+that many seconds for autovacuum to go idle), so the timings are those of a grown fleet
+and not of the tail of a bulk build of N schemas in minutes; each sign-up's announcement
+to other processes (sent after its claim, off its path) finishes between timed calls.
 
     .venv/bin/python bench/fleet.py [--tenants 1000] [--no-django] [--concurrency N]
         [--warm-signups 200]
@@ -41,6 +45,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from psycopg import AsyncConnection
 
 import _common as common
 import django_side
@@ -79,6 +85,13 @@ def parse_args(argv: Sequence[str] | None) -> Any:
         type=int,
         default=200,
         help="sign-ups from a pre-stocked warm pool, per variant (0: skip)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=300.0,
+        help="before timing sign-ups: CHECKPOINT, then wait up to this many seconds for "
+        "autovacuum to go idle (0: time them right away)",
     )
     parser.add_argument("--progress-every", type=int, default=500)
     args = parser.parse_args(argv)
@@ -207,6 +220,8 @@ async def warm_pool(args: Any, url: str, head: TenantSchema) -> dict[str, Any]:
         mark[0] = time.perf_counter()
         await durable.spares.fill(on_built=built)
         out["spare_build_ms"] = build_ms
+        if args.settle:
+            out["settle"] = await settle(url, args.settle)
         common.note(f"warm pool: {len(build_ms)} spares in stock; signing up {n} + {n}")
         pool = durable.db.cell().owner_pool
         async with pool.connection() as conn:
@@ -224,6 +239,11 @@ async def warm_pool(args: Any, url: str, head: TenantSchema) -> dict[str, Any]:
                     platform = durable if kind == "durable" else relaxed
                     await platform.tenants.create(f"w{kind[0]}{i:06d}")
                 series[kind].append(common.ms_since(t0))
+                # The announcement to other processes' caches goes out after the claim,
+                # off the sign-up's path; let it finish before the next timed call.
+                for platform in (durable, relaxed):
+                    assert platform.spares is not None
+                    await platform.spares.announced()
         out |= {f"{kind}_ms": ms for kind, ms in series.items()}
         async with pool.connection() as conn:
             cur = await conn.execute(
@@ -238,6 +258,34 @@ async def warm_pool(args: Any, url: str, head: TenantSchema) -> dict[str, Any]:
         await relaxed.stop()
         await durable.stop()
     return out
+
+
+async def settle(url: str, limit_s: float) -> dict[str, Any]:
+    """Let the server digest the bulk build before sign-ups are timed: a ``CHECKPOINT``
+    (the build's dirty pages are written now, not under the timed commits), then wait (at
+    most ``limit_s``) until no autovacuum worker is busy (building thousands of schemas in
+    minutes leaves millions of new catalog rows for it to vacuum and analyze). A fleet
+    grown over months has neither backlog. Returns what it waited for."""
+    t0 = time.perf_counter()
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("CHECKPOINT")
+        checkpoint_s = time.perf_counter() - t0
+        workers: list[str] = []
+        while time.perf_counter() - t0 < limit_s:
+            cur = await conn.execute(
+                "SELECT coalesce(query, '') FROM pg_stat_activity "
+                "WHERE backend_type = 'autovacuum worker'"
+            )
+            workers = [str(q) for (q,) in await cur.fetchall()]
+            if not workers:
+                break
+            await asyncio.sleep(1.0)
+    waited = time.perf_counter() - t0
+    common.note(
+        f"settled in {waited:.1f} s (checkpoint {checkpoint_s:.1f} s)"
+        + (f"; autovacuum still busy: {workers}" if workers else "")
+    )
+    return {"seconds": waited, "checkpoint_s": checkpoint_s, "autovacuum_busy": workers}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -379,6 +427,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{common.percentile(warm['relaxed_ms'], 50):.3f} ms with synchronous_claims off; "
             f"a bare one-row commit: {common.percentile(warm['commit_ms'], 50):.3f} ms"
         )
+        if "settle" in warm:
+            busy = warm["settle"]["autovacuum_busy"]
+            print(
+                f"  timed after the server settled for {warm['settle']['seconds']:.1f} s "
+                f"(CHECKPOINT {warm['settle']['checkpoint_s']:.1f} s"
+                + (f"; autovacuum still busy: {len(busy)} worker(s))" if busy else ")")
+            )
     print(
         f"tenantry additive migrate: {n / mine['additive_s']:.0f} tenants/s; "
         f"no-op migrate {mine['noop_s'] * 1000:.1f} ms for {n:,} tenants"

@@ -292,7 +292,8 @@ async def test_a_sign_up_from_a_spare_is_announced_after_it_commits(
         await spare_platform.spares.fill()
         tenant = await spare_platform.tenants.create(slug)
         assert tenant.schema_name.startswith("ts_")  # a claim, not a build
-        for _ in range(200):
+        await spare_platform.spares.announced()  # sent (the NOTIFY committed) ...
+        for _ in range(200):  # ... and heard by the other process's listener
             found = await other.directory.get(slug)
             if found is not None:
                 break

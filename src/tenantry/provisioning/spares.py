@@ -179,6 +179,12 @@ class SparePool:
                 exc,
             )
 
+    async def announced(self) -> None:
+        """Wait until every claim made so far has been announced to other processes (an
+        announcement that fails is logged, not raised)."""
+        if self._announcing:
+            await asyncio.gather(*self._announcing, return_exceptions=True)
+
     async def fill(
         self, target: int | None = None, *, on_built: Callable[[int, int], None] | None = None
     ) -> int:
@@ -237,8 +243,7 @@ class SparePool:
     async def stop(self) -> None:
         """Stop the refiller (a spare being built is rolled back with its connection), once
         every claim has been announced."""
-        if self._announcing:
-            await asyncio.gather(*self._announcing, return_exceptions=True)
+        await self.announced()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
