@@ -273,9 +273,9 @@ def _offset_commits(bootstrap: str, group: str) -> int:
 async def test_offsets_are_committed_at_intervals_while_records_flow(
     kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
 ) -> None:
-    """A steady trickle of records (one every ~50 ms, each poll finding some) is committed
-    about once per ``commit_interval``, not once per poll; when the consumer stops, the
-    group has committed exactly the records it handled."""
+    """A steady trickle of records (one every few tens of ms, each poll finding some) is
+    committed about once per ``commit_interval``, not once per poll; when the consumer
+    stops, the group has committed exactly the records it handled."""
     tenant = await make_tenant("kfk")
     fam = family()
     kind = f"{fam}.created"
@@ -299,7 +299,7 @@ async def test_offsets_are_committed_at_intervals_while_records_flow(
         for i in range(40):
             await _publish(kafka_platform, tenant, kind, 1, 1 + i)
             await relay.relay_batch()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         await wait_for(lambda: _count(kafka_platform, group, 41), what="41 effects")
         flowing = time.monotonic() - started
         await asyncio.sleep(0.5)  # an empty poll commits the rest
