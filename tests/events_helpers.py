@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 
 from tenantry import Platform, tenant_scope
 from tenantry.catalog import Tenant
-from tenantry.events import Event, NewEvent
+from tenantry.events import Event, EventHandlers, NewEvent
 
 EFFECTS_DDL = """
 CREATE TABLE IF NOT EXISTS public.event_effects (
@@ -40,6 +40,17 @@ async def ensure_effects_table(platform: Platform) -> None:
     async with platform.db.transaction() as conn:
         await conn.execute("SELECT pg_advisory_xact_lock(4242)")
         await conn.execute(EFFECTS_DDL)
+
+
+def recording(group: str, kind: str) -> EventHandlers:
+    """Handlers for ``group`` that record one effect per ``kind`` event, and nothing else."""
+    handlers = EventHandlers(group)
+
+    @handlers.on(kind)
+    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
+        await record_effect(conn, group, event)
+
+    return handlers
 
 
 async def record_effect(conn: AsyncConnection[Any], group: str, event: Event, **extra: Any) -> None:

@@ -32,6 +32,7 @@ from tests.events_helpers import (
     family,
     publish_numbered,
     record_effect,
+    recording,
     running,
     wait_for,
 )
@@ -97,11 +98,7 @@ async def test_redelivery_has_no_second_effect(platform: Platform, make_tenant: 
     tenant = await make_tenant("emb")
     kind = f"{family()}.created"
     group = f"g-{family()}"
-    handlers = EventHandlers(group)
-
-    @handlers.on(kind)
-    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
-        await record_effect(conn, group, event)
+    handlers = recording(group, kind)
 
     ids = await publish_numbered(platform, tenant, kind, 10)
     consumer = _consumer(platform, group, handlers)
@@ -226,11 +223,7 @@ async def test_a_transaction_that_commits_late_is_not_skipped(
     tenant = await make_tenant("emb")
     kind = f"{family()}.created"
     group = f"g-{family()}"
-    handlers = EventHandlers(group)
-
-    @handlers.on(kind)
-    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
-        await record_effect(conn, group, event)
+    handlers = recording(group, kind)
 
     other = await make_tenant("emb")
     release = asyncio.Event()
@@ -264,11 +257,7 @@ async def test_two_members_of_a_group_share_the_work_without_duplicates(
     tenant = await make_tenant("emb")
     kind = f"{family()}.created"
     group = f"g-{family()}"
-    handlers = EventHandlers(group)
-
-    @handlers.on(kind)
-    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
-        await record_effect(conn, group, event)
+    handlers = recording(group, kind)
 
     first, second = _consumer(platform, group, handlers), _consumer(platform, group, handlers)
     ids = await publish_numbered(platform, tenant, kind, 5)
@@ -335,11 +324,7 @@ async def test_a_long_transaction_in_another_database_does_not_stall_the_log(
     tenant = await make_tenant("emb")
     kind = f"{family()}.created"
     group = f"g-{family()}"
-    handlers = EventHandlers(group)
-
-    @handlers.on(kind)
-    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
-        await record_effect(conn, group, event)
+    handlers = recording(group, kind)
 
     async with await AsyncConnection.connect(make_database("tenantry_other")) as other:
         await other.execute("SELECT pg_current_xact_id()")  # BEGIN implied: holds an xid

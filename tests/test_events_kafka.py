@@ -29,6 +29,7 @@ from tests.events_helpers import (
     family,
     publish_numbered,
     record_effect,
+    recording,
     running,
     wait_for,
 )
@@ -234,11 +235,7 @@ async def test_relayed_offsets_are_committed_only_after_handling(
     fam = family()
     kind = f"{fam}.created"
     group = f"g-{family()}"
-    handlers = EventHandlers(group)
-
-    @handlers.on(kind)
-    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
-        await record_effect(conn, group, event)
+    handlers = recording(group, kind)
 
     await _publish(kafka_platform, tenant, kind, 7)
     await kafka_platform.events.relay().relay_batch()
@@ -280,11 +277,7 @@ async def test_offsets_are_committed_at_intervals_while_records_flow(
     fam = family()
     kind = f"{fam}.created"
     group = f"g-{family()}"
-    handlers = EventHandlers(group)
-
-    @handlers.on(kind)
-    async def handle(event: Event, conn: AsyncConnection[Any]) -> None:
-        await record_effect(conn, group, event)
+    handlers = recording(group, kind)
 
     consumer = kafka_platform.events.consumer(group, handlers)
     assert isinstance(consumer, KafkaEventConsumer)
