@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -91,12 +92,12 @@ class AioKafkaRelay(OutboxRelay):
         super().__init__(db, settings)
         self.aio = producer
 
-    async def deliver(self, records: list[Record]) -> None:
+    async def send(self, records: list[Record]) -> Awaitable[None]:
         futures = [
             await self.aio.send(topic, value=value, key=key, headers=headers)
             for topic, key, value, headers in records
         ]
-        await asyncio.gather(*futures)
+        return asyncio.gather(*futures)
 
 
 # -- raw producer rates ---------------------------------------------------------------------

@@ -125,7 +125,8 @@ async def test_relay_sigkilled_mid_batch_loses_nothing(
     for i in range(5):
         for tenant in tenants:
             ids += await publish_numbered(kafka_platform, tenant, kind, 200, i * 200)
-    relay = _spawn(kafka_platform, tmp_path, "relay", TENANTRY_EVENTS_RELAY_BATCH="500")
+    # Rounds of CLAIMS_PER_ROUND claims of 100: several rounds, so one can be cut short.
+    relay = _spawn(kafka_platform, tmp_path, "relay", TENANTRY_EVENTS_RELAY_BATCH="100")
     try:
         await wait_for(
             lambda: _below(kafka_platform, kind, len(ids)), seconds=60, what="relay started"

@@ -22,6 +22,8 @@ from tenantry import Platform, Settings, current_tenant, run_in_executor
 from tenantry.catalog import Tenant
 from tenantry.events import Event, EventHandlers
 from tenantry.events.consumer import KafkaEventConsumer, _InFlight
+from tenantry.events.errors import KafkaUnavailableError
+from tenantry.events.relay import CLAIMS_PER_ROUND, OutboxRelay
 from tests.events_helpers import (
     effect_counts,
     effects,
@@ -182,6 +184,74 @@ async def _value(value: int, n: int) -> bool:
     return value >= n
 
 
+async def _drain(relay: OutboxRelay) -> None:
+    while await relay.relay_batch():
+        pass
+
+
+async def test_a_backlog_is_relayed_in_pipelined_rounds_in_order(
+    kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
+) -> None:
+    """Under a backlog one round (one transaction) makes CLAIMS_PER_ROUND full claims,
+    each while Kafka acknowledges the last; what is left comes in the next round, and the
+    tenant's records are in publishing order."""
+    tenant = await make_tenant("kfk")
+    fam = family()
+    kind = f"{fam}.tick"
+    relay = OutboxRelay(kafka_platform.db, replace(kafka_platform.settings.events, relay_batch=5))
+    await _drain(relay)  # rows other tests left behind
+    ids = await _publish(kafka_platform, tenant, kind, 5 * CLAIMS_PER_ROUND + 3)
+    assert await relay.relay_batch() == 5 * CLAIMS_PER_ROUND
+    assert await relay.relay_batch() == 3
+    assert await relay.relay_batch() == 0
+    topic = kafka_platform.settings.events.topic_prefix + fam
+    records = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, len(ids))
+    assert [UUID(dict(r.headers())["ce_id"].decode()) for r in records] == ids
+
+
+class _FailingRelay(OutboxRelay):
+    """A relay whose Kafka acknowledgement fails for the ``fail_at``-th claim of a round
+    (the records of the claims before it really go to Kafka)."""
+
+    fail_at = 2
+
+    async def send(self, records: list[Any]) -> Awaitable[None]:
+        self.sends = getattr(self, "sends", 0) + 1
+        if self.sends == self.fail_at:
+
+            async def refused() -> None:
+                raise KafkaUnavailableError("refused by the test")
+
+            return refused()
+        return await super().send(records)
+
+
+async def test_a_round_that_fails_rolls_back_all_of_its_claims(
+    kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
+) -> None:
+    """When Kafka fails one claim of a pipelined round, every claim of the round goes back
+    to the outbox (none is committed as relayed), and the next round sends them all."""
+    tenant = await make_tenant("kfk")
+    fam = family()
+    kind = f"{fam}.tick"
+    settings = replace(kafka_platform.settings.events, relay_batch=5)
+    await _drain(OutboxRelay(kafka_platform.db, settings))
+    ids = await _publish(kafka_platform, tenant, kind, 5 * CLAIMS_PER_ROUND)
+    failing = _FailingRelay(kafka_platform.db, settings)
+    with pytest.raises(KafkaUnavailableError):
+        await failing.relay_batch()
+    assert failing.sends == CLAIMS_PER_ROUND  # every claim was made before the failure
+    assert failing.relayed == 0
+    async with kafka_platform.db.transaction() as conn:
+        cur = await conn.execute("SELECT count(*) FROM tenantry.outbox WHERE type = %s", (kind,))
+        assert await cur.fetchone() == (len(ids),)
+    assert await OutboxRelay(kafka_platform.db, settings).relay_batch() == len(ids)
+    topic = kafka_platform.settings.events.topic_prefix + fam
+    records = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, 2 * len(ids), 10.0)
+    delivered = {UUID(dict(r.headers())["ce_id"].decode()) for r in records}
+    assert delivered == set(ids)  # the first claim's records twice: the inbox absorbs that
+
+
 async def test_two_relays_at_once_deliver_everything_in_tenant_order(
     kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
 ) -> None:
@@ -191,8 +261,6 @@ async def test_two_relays_at_once_deliver_everything_in_tenant_order(
     fam = family()
     kind = f"{fam}.tick"
     settings = replace(kafka_platform.settings.events, relay_batch=50)
-    from tenantry.events.relay import OutboxRelay
-
     first = OutboxRelay(kafka_platform.db, settings)
     second = OutboxRelay(kafka_platform.db, settings)
     published: dict[UUID, list[UUID]] = {t.id: [] for t in tenants}

@@ -7,6 +7,12 @@ only then commits the delete. A relay that dies mid-batch (SIGKILL, lost broker)
 back: the rows are claimed again and sent again, so delivery is at least once and the
 consumers' inbox makes it exactly once in effect.
 
+Under a backlog a round is pipelined: when a claim came back full, the next claim runs in
+the same transaction while Kafka is still acknowledging the records of the previous one
+(up to :data:`CLAIMS_PER_ROUND` claims), so the database and the broker work at the same
+time instead of taking turns. One commit then covers them all, after every record of the
+round was acknowledged.
+
 Several relays may run at once: a relay only takes rows of tenant shards it holds a
 transaction-scoped advisory lock on (``pg_try_advisory_xact_lock``), so one tenant's
 events are never in flight in two relays at the same time and reach Kafka in order.
@@ -17,8 +23,9 @@ commit) and drains in full batches while there is a backlog.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +60,10 @@ Header = tuple[str, str | bytes | None]
 Record = tuple[str, bytes, bytes, list[Header]]
 """A Kafka record: topic, key, value, headers."""
 _SPEC = SPEC_VERSION.encode()
+CLAIMS_PER_ROUND = 4
+"""Claims one relay transaction makes at most under a backlog (each of ``relay_batch``
+rows): enough to keep the database claiming while Kafka acknowledges, few enough that a
+failed round re-sends little."""
 _CONTENT = CONTENT_TYPE.encode()
 
 _CLAIM = (
@@ -123,20 +134,39 @@ class OutboxRelay:
                     pass
 
     async def relay_batch(self) -> int:
-        """Claim, produce and acknowledge one batch; returns how many events it moved."""
+        """Claim, produce and acknowledge one round (one transaction); returns how many
+        events it moved. A round is one claim, or up to :data:`CLAIMS_PER_ROUND` claims
+        while they come back full, each made while Kafka acknowledges the previous one."""
+        moved: list[Any] = []
         async with self.db.transaction(cell=self.cell) as conn:
-            rows = await self.claim(conn)
-            if not rows:
-                return 0
-            await self.topics.ensure({row[5] for row in rows})
-            await self.deliver([self.record(row) for row in rows])
-        self.relayed += len(rows)
+            acknowledged: list[Awaitable[None]] = []
+            try:
+                rows = await self.claim(conn)
+                while rows:
+                    await self.topics.ensure({row[5] for row in rows})
+                    acknowledged.append(await self.send([self.record(row) for row in rows]))
+                    moved += rows
+                    if len(rows) < self.settings.relay_batch or len(acknowledged) >= (
+                        CLAIMS_PER_ROUND
+                    ):
+                        break
+                    rows = await self.claim(conn)  # Kafka sends the last claim meanwhile
+                for done in acknowledged:
+                    await done
+            except KafkaUnavailableError:
+                self.discard()  # the round rolls back and is claimed again
+                raise
+            finally:
+                for done in acknowledged:  # any not awaited: closed without a warning
+                    if inspect.iscoroutine(done):
+                        done.close()
+        self.relayed += len(moved)
         if self.observe_lag is not None:
             now = datetime.now(UTC)
-            for row in rows:  # tier, occurred_at (a metrics hook never fails the relay)
+            for row in moved:  # tier, occurred_at (a metrics hook never fails the relay)
                 if isinstance(row[8], datetime):
                     self.observe_lag(row[3], (now - row[8]).total_seconds())
-        return len(rows)
+        return len(moved)
 
     async def claim(self, conn: AsyncConnection[Any]) -> list[Any]:
         """Take (delete, in ``conn``'s open transaction) the next batch, oldest first."""
@@ -181,7 +211,13 @@ class OutboxRelay:
 
     async def deliver(self, records: list[Record]) -> None:
         """Produce ``records`` and return once Kafka acknowledged all of them (raises
-        :class:`KafkaUnavailableError` otherwise, after dropping what is still queued)."""
+        :class:`KafkaUnavailableError` otherwise)."""
+        await (await self.send(records))
+
+    async def send(self, records: list[Record]) -> Awaitable[None]:
+        """Hand ``records`` to the producer, which sends them in the background; returns
+        what to await for Kafka's acknowledgement of all of them (it raises
+        :class:`KafkaUnavailableError` if any failed or the wait ran out)."""
         tracker = DeliveryTracker()
         produce = self.producer.produce
         for topic, key, value, headers in records:
@@ -191,11 +227,11 @@ class OutboxRelay:
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     self.producer.poll(0.05)
-        try:
-            await asyncio.to_thread(flush_all, self.producer, tracker, self.producer_timeout)
-        except KafkaUnavailableError:
-            self.producer.purge()  # the batch is rolled back and claimed again
-            raise
+        return asyncio.to_thread(flush_all, self.producer, tracker, self.producer_timeout)
+
+    def discard(self) -> None:
+        """Drop records still queued in the producer: their round failed and rolls back."""
+        self.producer.purge()
 
     @property
     def producer_timeout(self) -> float:
