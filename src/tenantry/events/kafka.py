@@ -41,7 +41,12 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
 
 def consumer_config(bootstrap: str, group: str, **overrides: Any) -> dict[str, Any]:
     """A consumer that commits only what it has processed, from the earliest record of a
-    partition it has no position in."""
+    partition it has no position in.
+
+    ``fetch.wait.max.ms`` bounds only how long the broker holds a fetch that finds nothing:
+    a record produced meanwhile answers it at once. Measured on the devstack broker, a
+    record every 50 ms: 10 ms cost the broker ~10.5 % of a core per consumer, 100 ms
+    ~4.4 % (the idle broker alone: 3-4 %), and records arrived as fast (p50 1.3 ms)."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "group.id": group,
@@ -49,7 +54,7 @@ def consumer_config(bootstrap: str, group: str, **overrides: Any) -> dict[str, A
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
         "client.id": f"tenantry-consume-{group}",
-        "fetch.wait.max.ms": 10,
+        "fetch.wait.max.ms": 100,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
     }
