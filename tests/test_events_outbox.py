@@ -210,3 +210,90 @@ async def test_concurrent_publishers_of_one_tenant_never_fork_its_chain(
     report = await platform.events.audit.verify(tenant.id)
     assert report.ok, report.problems
     assert (report.entries, report.head_position) == (20, 20)
+
+
+async def test_an_open_transaction_does_not_hold_up_its_tenants_other_publishers(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """The chain head is taken at commit, not at publish: while one transaction of a
+    tenant has published and is still open, another transaction of the same tenant
+    publishes and commits. Entries are in commit order, and the chain verifies."""
+    tenant = await make_tenant("evt")
+    kind = f"{family()}.open"
+    published, finish = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> UUID:
+        with tenant_scope(tenant.context()):
+            async with platform.db.tenant_transaction():
+                event_id = await platform.events.publish(kind, {"who": "slow"})
+                published.set()
+                await finish.wait()
+        return event_id
+
+    async def quick() -> UUID:
+        with tenant_scope(tenant.context()):
+            async with platform.db.tenant_transaction():
+                return await platform.events.publish(kind, {"who": "quick"})
+
+    slow_task = asyncio.create_task(slow())
+    await published.wait()
+    try:
+        quick_id = await asyncio.wait_for(quick(), 10)
+    finally:
+        finish.set()
+    slow_id = await slow_task
+    entries = await platform.events.audit.entries(tenant.id, limit=10)
+    assert [(e.position, e.event_id) for e in entries] == [(1, quick_id), (2, slow_id)]
+    report = await platform.events.audit.verify(tenant.id)
+    assert report.ok, report.problems
+
+
+async def test_events_of_a_rolled_back_savepoint_stay_out_of_the_chain(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """A savepoint that rolls back takes its events with it, from the outbox and from the
+    audit chain; the transaction's other events, single and batched, are chained in the
+    order they were published."""
+    tenant = await make_tenant("evt")
+    kind = f"{family()}.sp"
+    with tenant_scope(tenant.context()):
+        async with platform.db.tenant_transaction() as conn:
+            kept = [await platform.events.publish(kind, {"n": 0})]
+            async with conn.transaction():
+                await platform.events.publish(kind, {"n": "dropped"})
+                raise psycopg.Rollback  # the savepoint rolls back, the transaction goes on
+            kept += await platform.events.publish_many(NewEvent(kind, {"n": n}) for n in (1, 2))
+            async with conn.transaction():
+                kept.append(await platform.events.publish(kind, {"n": 3}))
+    assert [row["event_id"] for row in await _outbox(platform, kind)] == kept
+    entries = await platform.events.audit.entries(tenant.id, limit=10)
+    assert [(e.position, e.event_id, e.payload) for e in entries] == [
+        (n + 1, event_id, {"n": n}) for n, event_id in enumerate(kept)
+    ]
+    report = await platform.events.audit.verify(tenant.id)
+    assert report.ok, report.problems
+    assert report.head_position == 4
+
+
+async def test_a_transaction_publishing_for_two_tenants_in_turn_chains_each(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """An owner transaction that binds one tenant, then another, then the first again
+    appends each event to its own tenant's chain, after what the chain held before."""
+    first, second = await make_tenant("evt"), await make_tenant("evt")
+    kind = f"{family()}.turns"
+    with tenant_scope(first.context()):
+        async with platform.db.tenant_transaction():
+            earlier = await platform.events.publish(kind, {"n": "earlier"})
+    ids: list[UUID] = []
+    async with platform.db.transaction() as conn:
+        for n, tenant in enumerate((first, second, first)):
+            await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant.id),))
+            with tenant_scope(tenant.context()):
+                ids.append(await platform.events.publish(kind, {"n": n}, conn=conn))
+    chains = [await platform.events.audit.entries(t.id, limit=10) for t in (first, second)]
+    assert [(e.position, e.event_id) for e in chains[0]] == [(1, earlier), (2, ids[0]), (3, ids[2])]
+    assert [(e.position, e.event_id) for e in chains[1]] == [(1, ids[1])]
+    for tenant in (first, second):
+        report = await platform.events.audit.verify(tenant.id)
+        assert report.ok, report.problems

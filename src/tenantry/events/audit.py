@@ -3,7 +3,8 @@
 Entry *n* stores ``hash = sha256(hash(n-1) || tenant|event id|type|schema version|
 occurred-at|payload)`` (the first entry chains from 32 zero bytes), and
 ``tenantry.audit_heads`` holds the position and hash of the last entry. Both are written
-by ``tenantry.publish_events`` in the publishing transaction. Changing an entry breaks its
+at the publishing transaction's commit, by the deferred trigger ``tenantry.chain_audit`` on
+the outbox, in commit order between transactions. Changing an entry breaks its
 hash; deleting one leaves a gap (or a head that points past the end); moving entries
 breaks the links between neighbours. :meth:`AuditTrail.verify` recomputes everything in
 Python, independently of the SQL that wrote it, and names each entry that fails.

@@ -1,10 +1,11 @@
 """Publishing: events join the caller's tenant-bound transaction.
 
-``publish`` writes the event to the outbox *and* appends it to the tenant's audit chain in
-the transaction that makes the business write, in one round trip (one call of
-``tenantry.publish_events``). Both commit together or not at all: a rolled-back
-transaction publishes nothing, and a committed one cannot lose its events, whatever
-happens to Kafka or to the process afterwards.
+``publish`` writes the event to the outbox in the transaction that makes the business
+write, in one round trip (one call of ``tenantry.publish_events``); when that transaction
+commits, a deferred trigger appends the event to the tenant's audit chain (so the chain's
+head is locked only while it commits). Outbox and chain commit together or not at all: a
+rolled-back transaction (or savepoint) publishes nothing, and a committed one cannot lose
+its events, whatever happens to Kafka or to the process afterwards.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
   transaction's id: the embedded log reads in ``(txid, seq)`` order, and only rows below
   the oldest transaction still running, so a slow transaction cannot be skipped.
 - ``tenantry.audit_log`` / ``tenantry.audit_heads``: each tenant's hash chain of every
-  event it published, and the chain's current head (position and hash).
+  event it published, and the chain's current head (position and hash), appended at
+  commit by a deferred trigger on the outbox (``tenantry.chain_audit``).
 - ``tenantry.inbox``: ``(consumer, event_id)`` of each event a consumer has handled,
   written in the handler's own transaction.
 - ``tenantry.consumer_offsets``, ``tenantry.dead_letters``: the embedded log's consumer
@@ -113,11 +114,11 @@ CREATE OR REPLACE FUNCTION tenantry.audit_digest(
         to_char(p_occurred AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
         p_payload::text), 'UTF8'))
 $fn$;
--- Publish events for the transaction's tenant: append them to the tenant's audit chain
--- (the head row is locked, so concurrent publishers of one tenant take turns and the chain
--- never forks) and to the outbox, then wake relays and consumers at commit. The events come
--- as one JSON array of {id, type, topic, subject, version, payload}, in order: a client
--- encodes one JSON document far faster than seven typed arrays.
+-- Publish events for the transaction's tenant: append them to the outbox and wake relays
+-- and consumers at commit. The events come as one JSON array of {id, type, topic, subject,
+-- version, payload}, in order: a client encodes one JSON document far faster than seven
+-- typed arrays. They join the tenant's audit chain at commit (tenantry.chain_audit below).
+-- Returns how many events were published.
 DROP FUNCTION IF EXISTS tenantry.publish_events(text, uuid[], text[], text[], text[],
     integer[], timestamptz[], text, jsonb[]);
 CREATE OR REPLACE FUNCTION tenantry.publish_events(
@@ -126,10 +127,6 @@ CREATE OR REPLACE FUNCTION tenantry.publish_events(
 SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     v_tenant uuid := NULLIF(current_setting('app.tenant_id', true), '')::uuid;
-    v_position bigint;
-    v_hash bytea;
-    v_shard smallint;
-    v_event jsonb;
 BEGIN
     IF v_tenant IS NULL THEN
         RAISE EXCEPTION 'events can only be published in a tenant-bound transaction'
@@ -138,35 +135,83 @@ BEGIN
     IF jsonb_typeof(p_events) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'p_events must be a JSON array' USING ERRCODE = '22023';
     END IF;
-    INSERT INTO tenantry.audit_heads AS h (tenant_id, position, hash)
-    VALUES (v_tenant, 0, '\\x0000000000000000000000000000000000000000000000000000000000000000')
-    ON CONFLICT (tenant_id) DO UPDATE SET position = h.position
-    RETURNING h.position, h.hash INTO v_position, v_hash;
-    v_shard := (hashtext(v_tenant::text) & 63)::smallint;
-    FOR v_event IN SELECT e FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x (e, n)
-                   ORDER BY n LOOP
-        v_position := v_position + 1;
-        INSERT INTO tenantry.audit_log AS a (tenant_id, position, event_id, type, schema_version,
-                                             occurred_at, payload, prev_hash, hash)
-        VALUES (v_tenant, v_position, (v_event->>'id')::uuid, v_event->>'type',
-                (v_event->>'version')::integer, p_occurred, v_event->'payload', v_hash,
-                tenantry.audit_digest(v_hash, v_tenant, (v_event->>'id')::uuid,
-                                      v_event->>'type', (v_event->>'version')::integer,
-                                      p_occurred, v_event->'payload'))
-        RETURNING a.hash INTO v_hash;
-    END LOOP;
-    UPDATE tenantry.audit_heads SET position = v_position, hash = v_hash
-    WHERE tenant_id = v_tenant;
     INSERT INTO tenantry.outbox (event_id, tenant_id, tier, type, topic, subject, shard,
                                  schema_version, occurred_at, traceparent, payload)
     SELECT (e->>'id')::uuid, v_tenant, p_tier, e->>'type', e->>'topic', e->>'subject',
-           v_shard, (e->>'version')::integer, p_occurred, p_traceparent, e->'payload'
+           (hashtext(v_tenant::text) & 63)::smallint, (e->>'version')::integer, p_occurred,
+           p_traceparent, e->'payload'
     FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x (e, n)
     ORDER BY n;
     PERFORM pg_notify('tenantry_outbox', '');
-    RETURN v_position;
+    RETURN jsonb_array_length(p_events);
 END
 $fn$;
+-- The audit chain is appended at COMMIT, by a deferred constraint trigger on the outbox:
+-- the tenant's chain head (tenantry.audit_heads) is locked only while the transaction
+-- commits, not from its publish call to its end, so a tenant's publishing transactions
+-- take turns for their commits only. Rows of a savepoint that rolled back are gone by
+-- then, and so are their trigger events. Firings follow the rows' insertion order. A row
+-- whose predecessor was of the same tenant continues from the transaction-local copy of
+-- the head that firing left (its lock is held to the end); any other locks the head row.
+-- The head row is written back only when the next row is of another tenant or there is
+-- none (the copy is then cleared): one head update per run of a tenant's rows, whatever
+-- the batch size.
+CREATE OR REPLACE FUNCTION tenantry.chain_audit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    v_tx xid8 := pg_current_xact_id();
+    v_held text[] := string_to_array(current_setting('tenantry.audit_head', true), '|');
+    v_position bigint;
+    v_hash bytea;
+    v_next uuid;
+BEGIN
+    IF v_held[1] = v_tx::text AND v_held[2] = NEW.tenant_id::text THEN
+        v_position := v_held[3]::bigint;
+        v_hash := decode(v_held[4], 'hex');
+    ELSE
+        SELECT h.position, h.hash INTO v_position, v_hash
+        FROM tenantry.audit_heads h WHERE h.tenant_id = NEW.tenant_id FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO tenantry.audit_heads AS h (tenant_id, position, hash)
+            VALUES (NEW.tenant_id, 0,
+                    '\\x0000000000000000000000000000000000000000000000000000000000000000')
+            ON CONFLICT (tenant_id) DO UPDATE SET position = h.position
+            RETURNING h.position, h.hash INTO v_position, v_hash;
+        END IF;
+    END IF;
+    v_position := v_position + 1;
+    INSERT INTO tenantry.audit_log AS a (tenant_id, position, event_id, type, schema_version,
+                                         occurred_at, payload, prev_hash, hash)
+    VALUES (NEW.tenant_id, v_position, NEW.event_id, NEW.type, NEW.schema_version,
+            NEW.occurred_at, NEW.payload, v_hash,
+            tenantry.audit_digest(v_hash, NEW.tenant_id, NEW.event_id, NEW.type,
+                                  NEW.schema_version, NEW.occurred_at, NEW.payload))
+    RETURNING a.hash INTO v_hash;
+    SELECT o.tenant_id INTO v_next FROM tenantry.outbox o
+    WHERE o.txid = v_tx AND o.seq > NEW.seq ORDER BY o.seq LIMIT 1;
+    IF v_next IS DISTINCT FROM NEW.tenant_id THEN
+        UPDATE tenantry.audit_heads SET position = v_position, hash = v_hash
+        WHERE tenant_id = NEW.tenant_id;
+        IF v_held IS NOT NULL THEN
+            PERFORM set_config('tenantry.audit_head', '', true);
+        END IF;
+    ELSE
+        PERFORM set_config('tenantry.audit_head',
+                           concat_ws('|', v_tx, NEW.tenant_id, v_position, encode(v_hash, 'hex')),
+                           true);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenantry.chain_audit() FROM PUBLIC;
+DO $tenantry$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'outbox_audit_chain'
+                   AND tgrelid = 'tenantry.outbox'::regclass) THEN
+        CREATE CONSTRAINT TRIGGER outbox_audit_chain AFTER INSERT ON tenantry.outbox
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tenantry.chain_audit();
+    END IF;
+END $tenantry$;
 REVOKE ALL ON FUNCTION tenantry.publish_events(text, timestamptz, text, jsonb) FROM PUBLIC;
 """
 
