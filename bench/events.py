@@ -409,6 +409,7 @@ async def run(args: Any, url: str) -> dict[str, Any]:
             await embedded.stop()
     finally:
         await platform.stop()
+        await TopicAdmin(args.kafka, partitions=6).drop(prefix)  # leave the broker as found
     return {
         "throughput": results,
         "medians": medians,

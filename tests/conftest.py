@@ -19,6 +19,7 @@ from hr_example import create_app
 from tenantry import Platform, Settings
 from tenantry.catalog import Tenant
 from tenantry.devstack.kafka import api_versions_ok as kafka_answers
+from tenantry.events.kafka import TopicAdmin
 
 PG_ADMIN_URL = os.environ.get(
     "TENANTRY_TEST_PG_URL",
@@ -97,6 +98,15 @@ def kafka_bootstrap() -> str:
     """Bootstrap servers of the test Kafka broker (single-node KRaft)."""
     _require("Kafka", lambda: _check_kafka(KAFKA_BOOTSTRAP))
     return KAFKA_BOOTSTRAP
+
+
+@pytest.fixture
+async def topic_prefix(kafka_bootstrap: str) -> AsyncIterator[str]:
+    """A topic prefix of the test's own; its topics are deleted afterwards, so the shared
+    broker does not pile up partitions run after run."""
+    prefix = f"t{secrets.token_hex(4)}."
+    yield prefix
+    await TopicAdmin(kafka_bootstrap, partitions=1).drop(prefix)
 
 
 def _fresh_database(admin_url: str, prefix: str) -> tuple[str, str]:

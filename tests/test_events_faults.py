@@ -38,11 +38,13 @@ MakeTenant = Callable[..., Awaitable[Tenant]]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def _kafka_platform(settings: Settings, bootstrap: str, **events: object) -> Platform:
+async def _kafka_platform(
+    settings: Settings, bootstrap: str, prefix: str, **events: object
+) -> Platform:
     config = replace(
         settings.events,
         kafka_bootstrap=bootstrap,
-        topic_prefix=f"t{secrets.token_hex(4)}.",
+        topic_prefix=prefix,
         topic_partitions=3,
         consume_in_app=False,
         **events,  # type: ignore[arg-type]
@@ -55,10 +57,10 @@ async def _kafka_platform(settings: Settings, bootstrap: str, **events: object) 
 
 @pytest.fixture
 async def kafka_platform(
-    settings: Settings, kafka_bootstrap: str, platform: Platform
+    settings: Settings, kafka_bootstrap: str, topic_prefix: str, platform: Platform
 ) -> AsyncIterator[Platform]:
     """A Kafka-mode platform on the session's database, with its own topic prefix."""
-    kafka = await _kafka_platform(settings, kafka_bootstrap)
+    kafka = await _kafka_platform(settings, kafka_bootstrap, topic_prefix)
     try:
         yield kafka
     finally:
@@ -227,7 +229,9 @@ async def test_broker_killed_mid_stream_and_restarted_loses_nothing(
 ) -> None:
     """Events published before, while and after the broker is down (SIGKILL, then a
     restart on the same data) are all handled, each effect exactly once."""
-    kafka = await _kafka_platform(settings, private_broker.bootstrap_servers, relay_batch=100)
+    kafka = await _kafka_platform(
+        settings, private_broker.bootstrap_servers, f"t{secrets.token_hex(4)}.", relay_batch=100
+    )
     try:
         tenants = [await make_tenant("flt") for _ in range(2)]
         kind = f"{family()}.created"

@@ -23,6 +23,7 @@ from tenantry.catalog import Tenant
 from tenantry.events import Event, EventHandlers
 from tenantry.events.consumer import KafkaEventConsumer, _InFlight
 from tenantry.events.errors import KafkaUnavailableError
+from tenantry.events.kafka import TopicAdmin
 from tenantry.events.relay import CLAIMS_PER_ROUND, OutboxRelay
 from tests.events_helpers import (
     effect_counts,
@@ -42,13 +43,13 @@ OFFSETS_PARTITIONS = 8  # offsets.topic.num.partitions of the devstack broker
 
 @pytest.fixture
 async def kafka_platform(
-    settings: Settings, kafka_bootstrap: str, platform: Platform
+    settings: Settings, kafka_bootstrap: str, topic_prefix: str, platform: Platform
 ) -> AsyncIterator[Platform]:
     """A platform on the session's database in Kafka mode, with a topic prefix of its own."""
     events = replace(
         settings.events,
         kafka_bootstrap=kafka_bootstrap,
-        topic_prefix=f"t{secrets.token_hex(4)}.",
+        topic_prefix=topic_prefix,
         topic_partitions=3,
         consume_in_app=False,
     )
@@ -485,3 +486,21 @@ def test_offsets_are_committed_to_the_end_of_the_handled_prefix() -> None:
     flight.done(("t", 0, 3))
     assert [(tp.partition, tp.offset) for tp in flight.release({("t", 0)})] == [(0, 5)]
     assert flight.count == 0
+
+
+async def test_drop_deletes_the_topics_of_a_prefix_and_only_those(kafka_bootstrap: str) -> None:
+    """TopicAdmin.drop(prefix) deletes the topics named with that prefix; a topic of
+    another prefix stays."""
+    mine, other = f"t{secrets.token_hex(4)}.", f"t{secrets.token_hex(4)}."
+    admin = TopicAdmin(kafka_bootstrap, partitions=1)
+    await admin.ensure([mine + "a", mine + "b", other + "a"])
+    try:
+        assert await admin.drop(mine) == [mine + "a", mine + "b"]
+        names = set(admin.admin.list_topics(timeout=10).topics)
+        assert not any(name.startswith(mine) for name in names)
+        assert other + "a" in names
+        assert await admin.drop(mine) == []
+    finally:
+        await admin.drop(other)
+    with pytest.raises(ValueError, match="empty prefix"):
+        await admin.drop("")

@@ -39,7 +39,10 @@ def _hiring_router(kind: str) -> APIRouter:
 
 
 async def test_one_trace_connects_request_sql_outbox_kafka_and_handler(
-    settings: Settings, kafka_bootstrap: str, make_tenant: Callable[..., Awaitable[Tenant]]
+    settings: Settings,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    make_tenant: Callable[..., Awaitable[Tenant]],
 ) -> None:
     """The request's server span, its INSERT and the outbox write (SQL spans), then,
     after the relay produced the event to Kafka with a ``traceparent`` header, the
@@ -52,7 +55,7 @@ async def test_one_trace_connects_request_sql_outbox_kafka_and_handler(
     events = replace(
         settings.events,
         kafka_bootstrap=kafka_bootstrap,
-        topic_prefix=f"t{secrets.token_hex(4)}.",
+        topic_prefix=topic_prefix,
         topic_partitions=1,
         consume_in_app=False,
     )

@@ -79,6 +79,33 @@ class TopicAdmin:
         await asyncio.to_thread(self._create, missing)
         self._known.update(missing)
 
+    async def drop(self, prefix: str) -> list[str]:
+        """Delete every topic whose name starts with ``prefix`` (a test's or a benchmark's
+        own ``topic_prefix``, say); returns their names. A broker keeps the partitions of
+        every topic until it is deleted, and each costs it memory and work."""
+        if not prefix:
+            raise ValueError("an empty prefix would name every topic")
+        return await asyncio.to_thread(self._drop, prefix)
+
+    def _drop(self, prefix: str) -> list[str]:
+        names = sorted(t for t in self.admin.list_topics(timeout=30).topics if t.startswith(prefix))
+        if not names:
+            return []
+        futures = self.admin.delete_topics(names, operation_timeout=30, request_timeout=30)
+        for topic, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                error = exc.args[0]
+                if (
+                    isinstance(error, KafkaError)
+                    and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                ):
+                    continue  # deleted meanwhile
+                raise KafkaUnavailableError(f"could not delete topic {topic!r}: {error}") from exc
+        self._known.difference_update(names)
+        return names
+
     def _create(self, topics: list[str]) -> None:
         futures = self.admin.create_topics(
             [
