@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import secrets
 import time
@@ -218,6 +219,7 @@ class _FailingRelay(OutboxRelay):
 
     async def send(self, records: list[Any]) -> Awaitable[None]:
         self.sends = getattr(self, "sends", 0) + 1
+        self.collecting = gc.isenabled()
         if self.sends == self.fail_at:
 
             async def refused() -> None:
@@ -242,6 +244,8 @@ async def test_a_round_that_fails_rolls_back_all_of_its_claims(
     with pytest.raises(KafkaUnavailableError):
         await failing.relay_batch()
     assert failing.sends == CLAIMS_PER_ROUND  # every claim was made before the failure
+    assert not failing.collecting  # a round runs with the cyclic collector paused ...
+    assert gc.isenabled()  # ... and turns it back on, failed or not
     assert failing.relayed == 0
     async with kafka_platform.db.transaction() as conn:
         cur = await conn.execute("SELECT count(*) FROM tenantry.outbox WHERE type = %s", (kind,))

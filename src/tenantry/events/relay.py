@@ -23,9 +23,11 @@ commit) and drains in full batches while there is a backlog.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,6 +84,27 @@ _CLAIM = (
 )
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection for the block (left off if it already was).
+
+    A relay round turns thousands of claimed rows into records: tens of thousands of small
+    tuples and lists that stay alive to the round's commit. They set off one collection
+    after another, each scanning more of them and freeing nothing (the relay makes no
+    reference cycles). Paused for the round, the collector runs once it is back on, between
+    rounds. A round that waits on an unreachable Kafka keeps it paused for up to
+    ``producer_timeout``; the relay process makes next to no cyclic garbage meanwhile.
+    Measured on ``bench/events.py``'s drain, six alternating pairs: 1.28x the events/s."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 class OutboxRelay:
     """Moves committed events of one cell's outbox to Kafka."""
 
@@ -136,7 +159,12 @@ class OutboxRelay:
     async def relay_batch(self) -> int:
         """Claim, produce and acknowledge one round (one transaction); returns how many
         events it moved. A round is one claim, or up to :data:`CLAIMS_PER_ROUND` claims
-        while they come back full, each made while Kafka acknowledges the previous one."""
+        while they come back full, each made while Kafka acknowledges the previous one.
+        The round runs with the cyclic garbage collector paused (see :func:`gc_paused`)."""
+        with gc_paused():
+            return await self._round()
+
+    async def _round(self) -> int:
         moved: list[Any] = []
         async with self.db.transaction(cell=self.cell) as conn:
             acknowledged: list[Awaitable[None]] = []
@@ -144,7 +172,8 @@ class OutboxRelay:
                 rows = await self.claim(conn)
                 while rows:
                     await self.topics.ensure({row[5] for row in rows})
-                    acknowledged.append(await self.send([self.record(row) for row in rows]))
+                    records = [self.record(row) for row in rows]
+                    acknowledged.append(await self.send(records))
                     moved += rows
                     if len(rows) < self.settings.relay_batch or len(acknowledged) >= (
                         CLAIMS_PER_ROUND
