@@ -62,11 +62,11 @@ Header = tuple[str, str | bytes | None]
 Record = tuple[str, bytes, bytes, list[Header]]
 """A Kafka record: topic, key, value, headers."""
 _SPEC = SPEC_VERSION.encode()
+_CONTENT = CONTENT_TYPE.encode()
 CLAIMS_PER_ROUND = 4
 """Claims one relay transaction makes at most under a backlog (each of ``relay_batch``
 rows): enough to keep the database claiming while Kafka acknowledges, few enough that a
 failed round re-sends little."""
-_CONTENT = CONTENT_TYPE.encode()
 
 _CLAIM = (
     # The shard locks are taken once, before any row is looked at: a relay that skipped a
@@ -240,8 +240,12 @@ class OutboxRelay:
 
     async def deliver(self, records: list[Record]) -> None:
         """Produce ``records`` and return once Kafka acknowledged all of them (raises
-        :class:`KafkaUnavailableError` otherwise)."""
-        await (await self.send(records))
+        :class:`KafkaUnavailableError` otherwise, after dropping what is still queued)."""
+        try:
+            await (await self.send(records))
+        except KafkaUnavailableError:
+            self.discard()
+            raise
 
     async def send(self, records: list[Record]) -> Awaitable[None]:
         """Hand ``records`` to the producer, which sends them in the background; returns
