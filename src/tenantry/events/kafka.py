@@ -92,17 +92,8 @@ class TopicAdmin:
         if not names:
             return []
         futures = self.admin.delete_topics(names, operation_timeout=30, request_timeout=30)
-        for topic, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                error = exc.args[0]
-                if (
-                    isinstance(error, KafkaError)
-                    and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
-                ):
-                    continue  # deleted meanwhile
-                raise KafkaUnavailableError(f"could not delete topic {topic!r}: {error}") from exc
+        # A topic deleted meanwhile is as good as deleted here.
+        _await_topics(futures, "delete", benign=KafkaError.UNKNOWN_TOPIC_OR_PART)
         self._known.difference_update(names)
         return names
 
@@ -115,18 +106,24 @@ class TopicAdmin:
             operation_timeout=30,
             request_timeout=30,
         )
-        for topic, future in futures.items():
-            try:
-                future.result()
-                logger.info("created topic %s (%d partitions)", topic, self.partitions)
-            except KafkaException as exc:
-                error = exc.args[0]
-                if (
-                    isinstance(error, KafkaError)
-                    and error.code() == KafkaError.TOPIC_ALREADY_EXISTS
-                ):
-                    continue
-                raise KafkaUnavailableError(f"could not create topic {topic!r}: {error}") from exc
+        for topic in _await_topics(futures, "create", benign=KafkaError.TOPIC_ALREADY_EXISTS):
+            logger.info("created topic %s (%d partitions)", topic, self.partitions)
+
+
+def _await_topics(futures: dict[str, Any], verb: str, *, benign: int) -> list[str]:
+    """Wait for an admin operation on topics; the topics it did (a ``benign`` error code
+    counts as nothing to do). Any other error raises :class:`KafkaUnavailableError`."""
+    done: list[str] = []
+    for topic, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.code() == benign:
+                continue
+            raise KafkaUnavailableError(f"could not {verb} topic {topic!r}: {error}") from exc
+        done.append(topic)
+    return done
 
 
 class DeliveryTracker:
