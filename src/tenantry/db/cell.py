@@ -23,6 +23,33 @@ async def _configure(conn: AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
 
 
+class RecentFirstPool(AsyncConnectionPool[AsyncConnection[Any]]):
+    """A psycopg pool that lends its most recently returned idle connection first.
+
+    psycopg_pool lends the idle connection that has waited longest, so a process at light
+    or sequential load spreads its requests round robin over every connection it ever
+    opened, and each request meets a server backend whose caches went cold since its last
+    turn. Lending the most recent one (what pgbouncer, node-postgres, Rails and Npgsql do)
+    keeps the same one or two backends on the work and leaves the rest idle at the bottom,
+    where the pool's ``max_idle`` shrinking closes them first. Measured on a sign-up from
+    the warm pool alternating with a one-row commit, 300 of each (see the README).
+
+    Only the choice changes: the pool's own bookkeeping, waiting clients, checks and
+    shrinking are psycopg_pool's. ``tests/test_db_pool.py`` pins the order, so an upgrade
+    that changes the hook fails there rather than silently going back to round robin.
+    """
+
+    async def _get_ready_connection(
+        self,
+        timeout: float | None,  # noqa: ASYNC109 (psycopg_pool's signature)
+    ) -> AsyncConnection[Any] | None:
+        # Under the pool's lock. The base class takes from the left of its deque and
+        # returns connections to the right: bring the newest to the left first.
+        if len(self._pool) > 1:
+            self._pool.rotate(1)
+        return await super()._get_ready_connection(timeout)
+
+
 class Cell:
     """One database (a PostgreSQL cluster in production) that tenants are placed on."""
 
@@ -38,7 +65,7 @@ class Cell:
         self.name = name
         self.owner_url = owner_url
         self.app_url = app_url
-        self.owner_pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+        self.owner_pool: AsyncConnectionPool[AsyncConnection[Any]] = RecentFirstPool(
             owner_url,
             min_size=1,
             max_size=max(2, max_size // 2),
@@ -47,7 +74,7 @@ class Cell:
             open=False,
             name=f"{name}-owner",
         )
-        self.app_pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+        self.app_pool: AsyncConnectionPool[AsyncConnection[Any]] = RecentFirstPool(
             app_url,
             min_size=min_size,
             max_size=max_size,
