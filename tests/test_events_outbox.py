@@ -297,3 +297,56 @@ async def test_a_transaction_publishing_for_two_tenants_in_turn_chains_each(
     for tenant in (first, second):
         report = await platform.events.audit.verify(tenant.id)
         assert report.ok, report.problems
+
+
+async def _notes_from(conn: psycopg.AsyncConnection[Any], pid: int, seconds: float) -> int:
+    count = 0
+    async for note in conn.notifies(timeout=seconds):
+        count += note.pid == pid
+    return count
+
+
+async def test_publishers_wake_relays_after_their_commit_not_inside_it(
+    platform: Platform, make_tenant: MakeTenant, database_url: str
+) -> None:
+    """In a tenantry transaction, ``publish`` calls ``append_events`` (no NOTIFY inside) and
+    the wake-up follows the COMMIT in the same round trip (a notifying transaction would
+    hold PostgreSQL's cluster-wide notify lock through its WAL flush, so publishers would
+    commit one at a time). Any other client calls ``publish_events``, which wakes relays at
+    its commit, as before; ``append_events`` alone says nothing."""
+    tenant = await make_tenant("evt")
+    kind = f"{family()}.woken"
+    listener = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    owner = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    try:
+        await listener.execute("LISTEN tenantry_outbox")
+        with tenant_scope(tenant.context()):
+            async with platform.db.tenant_transaction() as conn:
+                pid = conn.info.backend_pid
+                await platform.events.publish(kind, {"n": 1})
+                cur = await owner.execute(
+                    "SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,)
+                )
+                seen = await cur.fetchone()
+                assert seen is not None
+                assert await _notes_from(listener, pid, 0.3) == 0
+        assert await _notes_from(listener, pid, 2.0) == 1
+
+        for function, woken in (("publish_events", 1), ("append_events", 0)):
+            await owner.execute("BEGIN")
+            await owner.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant.id),))
+            await owner.execute(
+                f"SELECT tenantry.{function}('free', now(), NULL, "
+                f"jsonb_build_array(jsonb_build_object('id', gen_random_uuid(), 'type', "
+                f"%s::text, 'topic', 'x', 'version', 1, 'payload', '{{}}'::jsonb)))",
+                (kind,),
+            )
+            await owner.execute("COMMIT")
+            assert await _notes_from(listener, owner.info.backend_pid, 1.0) == woken
+    finally:
+        await listener.close()
+        await owner.close()
+    # pg_stat_activity showed the statement the app connection was last running: the
+    # append, which does not notify.
+    assert seen[0].startswith("SELECT tenantry.append_events("), seen[0]
+    assert len(await _outbox(platform, kind)) == 3

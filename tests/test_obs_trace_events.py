@@ -97,7 +97,7 @@ async def test_one_trace_connects_request_sql_outbox_kafka_and_handler(
     request_sql = [s for s in spans if s.name == "db.query" and s.context.trace_id == trace_id]
     statements = [str((s.attributes or {})["db.statement"]) for s in request_sql]
     assert any("INSERT INTO departments" in text for text in statements), statements
-    assert any("publish_events" in text for text in statements), statements  # the outbox
+    assert any("append_events" in text for text in statements), statements  # the outbox
     [handler] = [s for s in spans if s.kind == SpanKind.CONSUMER]
     assert handler.name == f"handle {kind}"
     assert handler.context.trace_id == trace_id  # continued from the Kafka header

@@ -3,23 +3,45 @@
 :func:`run_transaction` sends the opening statement (plain ``BEGIN`` or the tenant-binding
 ``BEGIN; SET LOCAL ...``), yields the connection, then sends ``COMMIT`` or
 ``ROLLBACK``. Nested ``conn.transaction()`` blocks inside become savepoints.
+
+Code running inside may ask for a ``NOTIFY`` right after the commit
+(:func:`notify_after_commit`): it leaves in the same message as ``COMMIT`` but runs as a
+transaction of its own. Why not inside: PostgreSQL serializes the commits of all
+transactions that notify (a cluster-wide lock from ``NOTIFY``'s pre-commit step until the
+commit's WAL flush), so one that notifies inside waits for every other notifying commit's
+disk flush in turn; a notify-only transaction writes no WAL and holds that lock for
+microseconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg import AsyncConnection, OperationalError
+from psycopg import AsyncConnection, Error, OperationalError, sql
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from tenantry.db.errors import TransactionAbortedError
 
-_current: contextvars.ContextVar[AsyncConnection[Any] | None] = contextvars.ContextVar(
+logger = logging.getLogger("tenantry.db")
+
+
+@dataclass(slots=True)
+class _Open:
+    """A transaction :func:`run_transaction` has open, and what to say after its commit."""
+
+    conn: AsyncConnection[Any]
+    notify: set[str] = field(default_factory=set)
+    xid: str | None = None
+
+
+_current: contextvars.ContextVar[_Open | None] = contextvars.ContextVar(
     "tenantry_transaction", default=None
 )
 
@@ -30,7 +52,74 @@ def current_transaction() -> AsyncConnection[Any] | None:
     What lets ``platform.events.publish(...)`` join the caller's transaction without being
     handed the connection: the event commits, or rolls back, with the business write.
     """
-    return _current.get()
+    open_ = _current.get()
+    return open_.conn if open_ is not None else None
+
+
+def notify_after_commit(
+    conn: AsyncConnection[Any], channel: str, *, xid: str | None = None
+) -> bool:
+    """Have ``NOTIFY channel`` sent right after ``conn``'s transaction commits: ``COMMIT``
+    and ``NOTIFY`` leave as one message, and the ``NOTIFY`` runs as a transaction of its
+    own (nothing is sent if the transaction rolls back or its commit fails). ``False`` if
+    ``conn`` is not the innermost transaction :func:`run_transaction` has open in this
+    task: the caller must then notify inside the transaction itself.
+
+    ``xid`` is the transaction's id (``pg_current_xact_id()``), if the caller has it: should
+    that message fail, it tells a failed commit (raised) from a commit that stood and a
+    notification that did not (the notification queue full: logged, not raised, because
+    the notification is a wake-up, not data; listeners must also look on their own now and
+    then, as tenantry's relays and outbox consumers do). With no ``xid``, any failure is
+    raised, as a lost connection during ``COMMIT`` would be.
+    """
+    if not channel or len(channel.encode()) > _MAX_IDENTIFIER:
+        raise ValueError(f"not a usable channel name: {channel!r}")
+    open_ = _current.get()
+    if open_ is None or open_.conn is not conn:
+        return False
+    open_.notify.add(channel)
+    open_.xid = open_.xid or xid
+    return True
+
+
+_MAX_IDENTIFIER = 63
+# What follows COMMIT in the same message, one statement per channel (tests may swap it).
+_AFTER_COMMIT = "NOTIFY {}"
+
+
+async def _commit(open_: _Open) -> None:
+    conn = open_.conn
+    if not open_.notify:
+        await conn.execute("COMMIT")
+        return
+    statement = sql.SQL("; ").join(
+        [
+            sql.SQL("COMMIT"),
+            *(sql.SQL(_AFTER_COMMIT).format(sql.Identifier(c)) for c in sorted(open_.notify)),
+        ]
+    )
+    try:
+        # No parameters: one simple-query message. PostgreSQL stops at the first statement
+        # that fails, so an error is either the commit's (nothing committed) or a
+        # notification's (committed): only the transaction's status can tell which.
+        await conn.execute(statement)
+    except Error as exc:
+        if open_.xid is None or not await _committed(conn, open_.xid):
+            raise
+        logger.warning(
+            "committed, but could not notify %s afterwards (listeners catch up on their own): %s",
+            ", ".join(sorted(open_.notify)),
+            exc,
+        )
+
+
+async def _committed(conn: AsyncConnection[Any], xid: str) -> bool:
+    try:
+        cur = await conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,))
+        row = await cur.fetchone()
+    except Error:
+        return False  # the connection is gone: the outcome stays unknown, so raise
+    return row is not None and row[0] == "committed"
 
 
 @asynccontextmanager
@@ -40,7 +129,8 @@ async def run_transaction(
     """Borrow a connection, run ``begin``, yield, then commit (or roll back on error)."""
     async with pool.connection() as conn:
         await conn.execute(begin)
-        token = _current.set(conn)
+        open_ = _Open(conn)
+        token = _current.set(open_)
         try:
             yield conn
         except BaseException:
@@ -62,4 +152,4 @@ async def run_transaction(
                 "statements whose errors you want to handle"
             )
         if status != TransactionStatus.IDLE:
-            await conn.execute("COMMIT")
+            await _commit(open_)

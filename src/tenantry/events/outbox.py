@@ -23,11 +23,15 @@ from psycopg_pool import AsyncConnectionPool
 
 from tenantry.context import TenantContext, current_tenant
 from tenantry.db.binding import begin_statement
-from tenantry.db.transaction import current_transaction
+from tenantry.db.transaction import current_transaction, notify_after_commit
 from tenantry.events.envelope import current_traceparent, topic_for, uuid7
 from tenantry.events.errors import InvalidEventError, NoTransactionError
+from tenantry.events.schema import OUTBOX_CHANNEL
 
 _PUBLISH = "SELECT tenantry.publish_events(%s, %s, %s, %s)"
+# In a transaction tenantry commits itself, the wake-up is sent right after COMMIT instead
+# (see tenantry.db.transaction.notify_after_commit): append only.
+_APPEND = "SELECT tenantry.append_events(%s, %s, %s, %s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +84,18 @@ class EventPublisher:
             )
         tenant = current_tenant()
         ids, documents = self._documents(batch)
+        quiet = current_transaction() is conn
         try:
             # One JSON document for the batch: far cheaper to encode than typed arrays.
-            await conn.execute(
-                _PUBLISH,
+            cur = await conn.execute(
+                _APPEND if quiet else _PUBLISH,
                 (tenant.tier, datetime.now(UTC), current_traceparent(), Jsonb(documents)),
             )
         except TypeError as exc:  # json.dumps on something JSON cannot encode
             raise InvalidEventError(f"event payload is not JSON-serialisable: {exc}") from None
+        if quiet:
+            row = await cur.fetchone()
+            notify_after_commit(conn, OUTBOX_CHANNEL, xid=row[0] if row else None)
         return ids
 
     async def publish_alone(

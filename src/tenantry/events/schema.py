@@ -12,8 +12,9 @@
 - ``tenantry.consumer_offsets``, ``tenantry.dead_letters``: the embedded log's consumer
   positions and dead-letter queue.
 
-The application role publishes only through ``tenantry.publish_events`` (a ``SECURITY
-DEFINER`` function that takes the tenant from the transaction's ``app.tenant_id``): it
+The application role publishes only through ``tenantry.publish_events`` and
+``tenantry.append_events`` (``SECURITY DEFINER`` functions that take the tenant from the
+transaction's ``app.tenant_id``; the second leaves waking the relays to the caller): it
 can append events and audit entries for its own tenant, and can neither read nor change
 the outbox or the audit trail. Inbox rows it may insert, for its own tenant only (RLS).
 """
@@ -114,16 +115,18 @@ CREATE OR REPLACE FUNCTION tenantry.audit_digest(
         to_char(p_occurred AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
         p_payload::text), 'UTF8'))
 $fn$;
--- Publish events for the transaction's tenant: append them to the outbox and wake relays
--- and consumers at commit. The events come as one JSON array of {id, type, topic, subject,
--- version, payload}, in order: a client encodes one JSON document far faster than seven
--- typed arrays. They join the tenant's audit chain at commit (tenantry.chain_audit below).
--- Returns how many events were published.
-DROP FUNCTION IF EXISTS tenantry.publish_events(text, uuid[], text[], text[], text[],
-    integer[], timestamptz[], text, jsonb[]);
-CREATE OR REPLACE FUNCTION tenantry.publish_events(
+-- Append events for the transaction's tenant to the outbox. The events come as one JSON
+-- array of {id, type, topic, subject, version, payload}, in order: a client encodes one
+-- JSON document far faster than seven typed arrays. They join the tenant's audit chain at
+-- commit (tenantry.chain_audit below). Nothing wakes the relays: tenantry's own
+-- transactions send that NOTIFY right after COMMIT, in the same message
+-- (tenantry.db.transaction.notify_after_commit), because a transaction that notifies
+-- holds a cluster-wide lock through its commit's WAL flush, and publishers that notified
+-- inside would commit one at a time. Returns the transaction's id (text), with which the
+-- caller tells a failed commit from a failed wake-up after a commit that stood.
+CREATE OR REPLACE FUNCTION tenantry.append_events(
     p_tier text, p_occurred timestamptz, p_traceparent text, p_events jsonb
-) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+) RETURNS text LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     v_tenant uuid := NULLIF(current_setting('app.tenant_id', true), '')::uuid;
@@ -142,6 +145,21 @@ BEGIN
            p_traceparent, e->'payload'
     FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x (e, n)
     ORDER BY n;
+    RETURN pg_current_xact_id()::text;
+END
+$fn$;
+-- Publish events: append them and wake relays and consumers at commit. For any client
+-- whose commit tenantry does not send (another language, raw SQL); its signature is
+-- unchanged since it was introduced, so processes of an earlier version keep calling it
+-- through a rolling deployment or a rollback.
+DROP FUNCTION IF EXISTS tenantry.publish_events(text, uuid[], text[], text[], text[],
+    integer[], timestamptz[], text, jsonb[]);
+CREATE OR REPLACE FUNCTION tenantry.publish_events(
+    p_tier text, p_occurred timestamptz, p_traceparent text, p_events jsonb
+) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    PERFORM tenantry.append_events(p_tier, p_occurred, p_traceparent, p_events);
     PERFORM pg_notify('tenantry_outbox', '');
     RETURN jsonb_array_length(p_events);
 END
@@ -213,6 +231,7 @@ DO $tenantry$ BEGIN
     END IF;
 END $tenantry$;
 REVOKE ALL ON FUNCTION tenantry.publish_events(text, timestamptz, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenantry.append_events(text, timestamptz, text, jsonb) FROM PUBLIC;
 """
 
 
@@ -229,6 +248,8 @@ async def bootstrap_events(conn: AsyncConnection[Any], *, app_role: str) -> None
         sql.SQL(EVENTS_DDL)  # a constant: no input in it
         + sql.SQL(
             "GRANT EXECUTE ON FUNCTION tenantry.publish_events(text, timestamptz, text, jsonb) "
+            "TO {role};\n"
+            "GRANT EXECUTE ON FUNCTION tenantry.append_events(text, timestamptz, text, jsonb) "
             "TO {role};\n"
             "GRANT SELECT (consumer, event_id, tenant_id), INSERT ON tenantry.inbox TO {role};\n"
         ).format(role=role),
