@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Notify
 
 from tenantry import Platform, tenant_scope
 from tenantry.catalog import Tenant
@@ -123,3 +123,8 @@ async def publish_numbered(
                 NewEvent(kind, {"n": i}, key=f"k{i}" if keyed else None)
                 for i in range(start, start + n)
             )
+
+
+async def heard(conn: AsyncConnection[Any], seconds: float) -> list[Notify]:
+    """The notifications ``conn`` (listening) receives within ``seconds``."""
+    return [note async for note in conn.notifies(timeout=seconds)]

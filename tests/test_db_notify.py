@@ -17,6 +17,7 @@ from psycopg import AsyncConnection
 from tenantry import Platform
 from tenantry.db import transaction
 from tenantry.db.transaction import notify_after_commit
+from tests.events_helpers import heard
 
 
 @pytest.fixture
@@ -28,13 +29,6 @@ async def listener(database_url: str) -> AsyncIterator[tuple[AsyncConnection[Any
         yield conn, channel
     finally:
         await conn.close()
-
-
-async def _heard(conn: AsyncConnection[Any], seconds: float) -> list[psycopg.Notify]:
-    got: list[psycopg.Notify] = []
-    async for note in conn.notifies(timeout=seconds):
-        got.append(note)
-    return got
 
 
 @pytest.fixture
@@ -67,10 +61,10 @@ async def test_listeners_hear_once_after_the_commit_and_see_its_writes(
         await tx.execute(f"INSERT INTO {table} VALUES (1)")
         assert notify_after_commit(tx, channel)
         assert notify_after_commit(tx, channel)  # asked twice, said once
-        assert await _heard(conn, 0.3) == []  # nothing while the transaction is open
+        assert await heard(conn, 0.3) == []  # nothing while the transaction is open
         sender = tx.info.backend_pid
-    heard = await _heard(conn, 2.0)
-    assert [(n.channel, n.pid) for n in heard] == [(channel, sender)]
+    notes = await heard(conn, 2.0)
+    assert [(n.channel, n.pid) for n in notes] == [(channel, sender)]
     assert await _rows(platform, table) == 1
 
 
@@ -99,7 +93,7 @@ async def test_a_rollback_or_a_failed_commit_says_nothing(
 
     with pytest.raises(psycopg.errors.UniqueViolation):
         await fails_at_commit()
-    assert await _heard(conn, 1.0) == []
+    assert await heard(conn, 1.0) == []
     assert await _rows(platform, table) == 1
 
 

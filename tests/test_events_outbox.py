@@ -16,7 +16,7 @@ import pytest
 from tenantry import Platform, tenant_scope
 from tenantry.catalog import Tenant
 from tenantry.events import InvalidEventError, NewEvent, NoTransactionError, outbox
-from tests.events_helpers import family
+from tests.events_helpers import family, heard
 
 MakeTenant = Callable[..., Awaitable[Tenant]]
 
@@ -300,10 +300,7 @@ async def test_a_transaction_publishing_for_two_tenants_in_turn_chains_each(
 
 
 async def _notes_from(conn: psycopg.AsyncConnection[Any], pid: int, seconds: float) -> int:
-    count = 0
-    async for note in conn.notifies(timeout=seconds):
-        count += note.pid == pid
-    return count
+    return sum(note.pid == pid for note in await heard(conn, seconds))
 
 
 async def test_publishers_wake_relays_after_their_commit_not_inside_it(

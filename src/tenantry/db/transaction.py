@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -87,17 +88,19 @@ _MAX_IDENTIFIER = 63
 _AFTER_COMMIT = "NOTIFY {}"
 
 
+@functools.lru_cache(maxsize=64)
+def _commit_then(template: str, channels: tuple[str, ...]) -> str:
+    """``COMMIT`` and the statements after it, composed once per set of channels."""
+    after = (sql.SQL(template).format(sql.Identifier(c)).as_string(None) for c in channels)
+    return "; ".join(("COMMIT", *after))
+
+
 async def _commit(open_: _Open) -> None:
     conn = open_.conn
     if not open_.notify:
         await conn.execute("COMMIT")
         return
-    statement = sql.SQL("; ").join(
-        [
-            sql.SQL("COMMIT"),
-            *(sql.SQL(_AFTER_COMMIT).format(sql.Identifier(c)) for c in sorted(open_.notify)),
-        ]
-    )
+    statement = _commit_then(_AFTER_COMMIT, tuple(sorted(open_.notify)))
     try:
         # No parameters: one simple-query message. PostgreSQL stops at the first statement
         # that fails, so an error is either the commit's (nothing committed) or a
