@@ -61,6 +61,7 @@ class Database:
         *,
         readonly: bool = False,
         snapshot: bool = False,
+        first: str | None = None,
     ) -> AsyncIterator[AsyncConnection[Any]]:
         """A transaction bound to a tenant, as the application role.
 
@@ -68,7 +69,10 @@ class Database:
         raises :class:`~tenantry.errors.NoTenantContextError` before touching the database.
         Unqualified table names resolve to the tenant's schema, and row-level security
         admits only the tenant's rows. ``snapshot`` opens a REPEATABLE READ, read-only
-        transaction (consistent exports).
+        transaction (consistent exports). ``first``: a statement (SQL text, values already
+        quoted) sent with the opening message, its rows read with
+        :func:`tenantry.db.transaction.first_rows` (see
+        :func:`~tenantry.db.transaction.run_transaction`).
         """
         ctx = ctx or current_tenant()
         begin = SNAPSHOT_BEGIN if snapshot else READONLY_BEGIN if readonly else PLAIN_BEGIN
@@ -76,7 +80,7 @@ class Database:
         start = time.perf_counter()
         try:
             async with run_transaction(
-                self.cell(ctx.cell).app_pool, begin_statement(ctx, begin)
+                self.cell(ctx.cell).app_pool, begin_statement(ctx, begin), first=first
             ) as conn:
                 yield conn
         finally:

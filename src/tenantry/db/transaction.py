@@ -40,6 +40,7 @@ class _Open:
     conn: AsyncConnection[Any]
     notify: set[str] = field(default_factory=set)
     xid: str | None = None
+    first: list[tuple[Any, ...]] | None = None
 
 
 _current: contextvars.ContextVar[_Open | None] = contextvars.ContextVar(
@@ -55,6 +56,16 @@ def current_transaction() -> AsyncConnection[Any] | None:
     """
     open_ = _current.get()
     return open_.conn if open_ is not None else None
+
+
+def first_rows(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+    """The rows of the statement that opened ``conn``'s transaction along with ``BEGIN``
+    (``run_transaction(..., first=...)``). Raises :class:`LookupError` if ``conn`` is not
+    the innermost transaction this task opened, or it was opened without one."""
+    open_ = _current.get()
+    if open_ is None or open_.conn is not conn or open_.first is None:
+        raise LookupError("this transaction was not opened with a first statement")
+    return open_.first
 
 
 def notify_after_commit(
@@ -127,12 +138,25 @@ async def _committed(conn: AsyncConnection[Any], xid: str) -> bool:
 
 @asynccontextmanager
 async def run_transaction(
-    pool: AsyncConnectionPool[AsyncConnection[Any]], begin: str
+    pool: AsyncConnectionPool[AsyncConnection[Any]], begin: str, *, first: str | None = None
 ) -> AsyncIterator[AsyncConnection[Any]]:
-    """Borrow a connection, run ``begin``, yield, then commit (or roll back on error)."""
+    """Borrow a connection, run ``begin``, yield, then commit (or roll back on error).
+
+    ``first``: a statement (SQL text, no parameters) to run in the transaction right after
+    ``begin``, in the same message, so it costs no round trip of its own; its rows are
+    :func:`first_rows`. If it fails, the transaction is rolled back and its error raised.
+    """
     async with pool.connection() as conn:
-        await conn.execute(begin)
-        open_ = _Open(conn)
+        rows: list[tuple[Any, ...]] | None = None
+        if first is None:
+            await conn.execute(begin)
+        else:
+            # If it fails, the pool's connection block rolls the transaction back.
+            cur = await conn.execute(f"{begin}; {first}")
+            while cur.nextset():  # the results of BEGIN and SET LOCAL come first
+                pass
+            rows = await cur.fetchall() if cur.description is not None else []
+        open_ = _Open(conn, first=rows)
         token = _current.set(open_)
         try:
             yield conn

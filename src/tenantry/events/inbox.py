@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 
 async def claim(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bool:
@@ -40,6 +40,23 @@ async def claim_many(
         (consumer, list(event_ids)),
     )
     return {row[0] for row in await cur.fetchall()}
+
+
+def claim_statement(consumer: str, event_ids: Sequence[UUID]) -> str:
+    """:func:`claim_many` as SQL text with its values quoted in, to ride in the message
+    that opens the handler's transaction (``tenant_transaction(ctx, first=...)``) instead
+    of taking a round trip of its own. Its rows are the ids newly recorded."""
+    if not event_ids:
+        raise ValueError("no event ids to claim")
+    ids = "{" + ",".join(str(UUID(str(event_id))) for event_id in event_ids) + "}"
+    return (
+        sql.SQL(
+            "INSERT INTO tenantry.inbox (consumer, event_id) SELECT {}, unnest({}::uuid[]) "
+            "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+        )
+        .format(sql.Literal(consumer), sql.Literal(ids))
+        .as_string(None)
+    )
 
 
 async def handled(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bool:

@@ -41,6 +41,7 @@ from psycopg_pool import PoolTimeout
 from tenantry.catalog import TenantDirectory, TenantStatus
 from tenantry.context import TenantContext, tenant_scope
 from tenantry.db import Database
+from tenantry.db.transaction import first_rows
 from tenantry.events import inbox
 from tenantry.events.envelope import Envelope, format_time
 from tenantry.events.handlers import Event, EventHandlers, HandlerRunner, call_handler
@@ -192,15 +193,14 @@ class EventProcessor:
         outcomes: list[str] = []
         events: list[Event] = []
         failure: tuple[int, Exception] | None = None
+        wanted = [e.id for e in envelopes if self.handlers.get(e.type) is not None]
+        # One statement records every handled event of the lane in the inbox; it rides in
+        # the message that opens the transaction (no round trip of its own).
+        claim = inbox.claim_statement(self.consumer, wanted) if wanted else None
         with tenant_scope(ctx):
             try:
-                async with self.db.tenant_transaction(ctx) as conn:
-                    # One round trip records every handled event of the lane in the inbox.
-                    fresh = await inbox.claim_many(
-                        conn,
-                        self.consumer,
-                        [e.id for e in envelopes if self.handlers.get(e.type) is not None],
-                    )
+                async with self.db.tenant_transaction(ctx, first=claim) as conn:
+                    fresh = {row[0] for row in first_rows(conn)} if claim else set()
                     for index, envelope in enumerate(envelopes):
                         handler = self.handlers.get(envelope.type)
                         if handler is None:
@@ -300,8 +300,9 @@ class EventProcessor:
         self, handler: Any, envelope: Envelope, ctx: TenantContext, attempt: int
     ) -> str:
         event = self._event(envelope, ctx, attempt)
-        async with self.db.tenant_transaction(ctx) as conn:
-            if not await inbox.claim(conn, self.consumer, envelope.id):
+        claim = inbox.claim_statement(self.consumer, [envelope.id])
+        async with self.db.tenant_transaction(ctx, first=claim) as conn:
+            if not first_rows(conn):
                 return DUPLICATE
             await self.run_handler(handler, event, conn)
         for callback in event._after_commit:

@@ -1,0 +1,132 @@
+"""A statement that rides in the message opening a transaction (``first=``): it runs after
+``BEGIN`` and the tenant binding, in the transaction, and costs no round trip of its own.
+What the consumers' inbox claim uses. Real PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import psycopg
+import pytest
+
+from tenantry import Platform
+from tenantry.catalog import Tenant
+from tenantry.db.transaction import first_rows
+from tenantry.events import inbox
+
+
+@pytest.fixture
+async def table(platform: Platform) -> AsyncIterator[str]:
+    name = f"public.first_probe_{secrets.token_hex(4)}"
+    async with platform.db.transaction() as conn:
+        await conn.execute(f"CREATE TABLE {name} (x int PRIMARY KEY)")
+        await conn.execute(
+            f"GRANT SELECT, INSERT, DELETE ON {name} TO {platform.settings.database.app_role}"
+        )
+    try:
+        yield name
+    finally:
+        async with platform.db.transaction() as conn:
+            await conn.execute(f"DROP TABLE {name}")
+
+
+async def _count(platform: Platform, table: str) -> int:
+    async with platform.db.transaction() as conn:
+        cur = await conn.execute(f"SELECT count(*) FROM {table}")
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_the_first_statement_runs_bound_to_the_tenant_inside_the_transaction(
+    platform: Platform, make_tenant: Callable[..., Awaitable[Tenant]]
+) -> None:
+    tenant = await make_tenant()
+    first = (
+        "SELECT current_setting('app.tenant_id'), current_schema(), "
+        "pg_current_xact_id()::text, pg_backend_pid()"
+    )
+    async with platform.db.tenant_transaction(tenant.context(), first=first) as conn:
+        [(tenant_id, schema, xid, pid)] = first_rows(conn)
+        cur = await conn.execute("SELECT pg_current_xact_id()::text, pg_backend_pid()")
+        later = await cur.fetchone()
+    assert (tenant_id, schema) == (str(tenant.id), tenant.schema_name)
+    assert later == (xid, pid)  # the same transaction on the same connection
+
+
+async def test_its_writes_commit_and_roll_back_with_the_transaction(
+    platform: Platform, make_tenant: Callable[..., Awaitable[Tenant]], table: str
+) -> None:
+    tenant = await make_tenant()
+    async with platform.db.tenant_transaction(
+        tenant.context(), first=f"INSERT INTO {table} VALUES (1) RETURNING x"
+    ) as conn:
+        assert first_rows(conn) == [(1,)]
+    assert await _count(platform, table) == 1
+
+    seen: list[list[tuple[object, ...]]] = []
+
+    async def change_mind() -> None:
+        async with platform.db.tenant_transaction(
+            tenant.context(), first=f"INSERT INTO {table} VALUES (2)"
+        ) as conn:
+            seen.append(first_rows(conn))
+            raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        await change_mind()
+    assert seen == [[]]  # a statement without rows
+    assert await _count(platform, table) == 1
+
+
+async def test_a_failing_first_statement_raises_and_the_connection_is_reused_clean(
+    platform: Platform, make_tenant: Callable[..., Awaitable[Tenant]], table: str
+) -> None:
+    tenant = await make_tenant()
+    for _ in range(platform.settings.database.pool_max + 1):  # every pooled connection
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            async with platform.db.tenant_transaction(
+                tenant.context(), first=f"INSERT INTO {table} VALUES (7), (7)"
+            ):
+                pytest.fail("the block must not run when its first statement fails")
+    for _ in range(platform.settings.database.pool_max + 1):
+        async with platform.db.tenant_transaction(
+            tenant.context(), first=f"INSERT INTO {table} VALUES (8) RETURNING x"
+        ) as conn:
+            assert first_rows(conn) == [(8,)]
+            await conn.execute(f"DELETE FROM {table}")
+    assert await _count(platform, table) == 0
+
+
+async def test_first_rows_needs_a_transaction_opened_with_one(
+    platform: Platform, make_tenant: Callable[..., Awaitable[Tenant]]
+) -> None:
+    tenant = await make_tenant()
+    async with platform.db.tenant_transaction(tenant.context()) as conn:
+        with pytest.raises(LookupError):
+            first_rows(conn)
+    async with platform.db.tenant_transaction(tenant.context(), first="SELECT 1") as outer:
+        async with platform.db.transaction() as other:
+            with pytest.raises(LookupError):
+                first_rows(other)
+        assert first_rows(outer) == [(1,)]
+
+
+async def test_the_inbox_claim_quotes_its_values_and_reports_only_new_rows(
+    platform: Platform, make_tenant: Callable[..., Awaitable[Tenant]]
+) -> None:
+    tenant = await make_tenant()
+    consumer = "o'brien\\ -- group"
+    seen, fresh = uuid.uuid4(), uuid.uuid4()
+    async with platform.db.tenant_transaction(
+        tenant.context(), first=inbox.claim_statement(consumer, [seen])
+    ) as conn:
+        assert first_rows(conn) == [(seen,)]
+    claim = inbox.claim_statement(consumer, [seen, fresh, fresh])
+    async with platform.db.tenant_transaction(tenant.context(), first=claim) as conn:
+        assert first_rows(conn) == [(fresh,)]  # handled before, or twice in the batch
+        assert await inbox.handled(conn, consumer, seen)
+    with pytest.raises(ValueError, match="no event ids"):
+        inbox.claim_statement(consumer, [])
