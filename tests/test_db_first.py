@@ -130,3 +130,5 @@ async def test_the_inbox_claim_quotes_its_values_and_reports_only_new_rows(
         assert await inbox.handled(conn, consumer, seen)
     with pytest.raises(ValueError, match="no event ids"):
         inbox.claim_statement(consumer, [])
+    with pytest.raises(TypeError, match="UUIDs"):
+        inbox.claim_statement(consumer, ["00000000-0000-0000-0000-000000000000'); --"])  # type: ignore[list-item]

@@ -48,7 +48,9 @@ def claim_statement(consumer: str, event_ids: Sequence[UUID]) -> str:
     of taking a round trip of its own. Its rows are the ids newly recorded."""
     if not event_ids:
         raise ValueError("no event ids to claim")
-    ids = "{" + ",".join(str(UUID(str(event_id))) for event_id in event_ids) + "}"
+    if not all(isinstance(event_id, UUID) for event_id in event_ids):
+        raise TypeError("event ids must be UUIDs")
+    ids = "{" + ",".join(map(str, event_ids)) + "}"
     return (
         sql.SQL(
             "INSERT INTO tenantry.inbox (consumer, event_id) SELECT {}, unnest({}::uuid[]) "
