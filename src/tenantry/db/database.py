@@ -89,14 +89,21 @@ class Database:
 
     @asynccontextmanager
     async def transaction(
-        self, *, cell: str | None = None, owner: bool = True, readonly: bool = False
+        self,
+        *,
+        cell: str | None = None,
+        owner: bool = True,
+        readonly: bool = False,
+        first: str | None = None,
     ) -> AsyncIterator[AsyncConnection[Any]]:
         """A transaction with no tenant bound: control-plane work (owner role by default).
 
         With ``owner=False`` it runs as the application role with no tenant, which row-level
         security answers with an error or no rows: useful to prove the safety net holds.
+        ``first``: as for :meth:`tenant_transaction`.
         """
         target = self.cell(cell)
         pool = target.owner_pool if owner else target.app_pool
-        async with run_transaction(pool, READONLY_BEGIN if readonly else PLAIN_BEGIN) as conn:
+        begin = READONLY_BEGIN if readonly else PLAIN_BEGIN
+        async with run_transaction(pool, begin, first=first) as conn:
             yield conn

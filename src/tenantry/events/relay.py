@@ -23,6 +23,7 @@ commit) and drains in full batches while there is a backlog.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 import logging
@@ -32,9 +33,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Producer
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 from tenantry.db import Database
+from tenantry.db.transaction import first_rows
 from tenantry.events._loop import keep_running
 from tenantry.events.envelope import (
     CONTENT_TYPE,
@@ -166,10 +168,11 @@ class OutboxRelay:
 
     async def _round(self) -> int:
         moved: list[Any] = []
-        async with self.db.transaction(cell=self.cell) as conn:
+        # The round's first claim rides in the message that opens its transaction.
+        async with self.db.transaction(cell=self.cell, first=self._first_claim) as conn:
             acknowledged: list[Awaitable[None]] = []
             try:
-                rows = await self.claim(conn)
+                rows = self._claimed(first_rows(conn))
                 while rows:
                     await self.topics.ensure({row[5] for row in rows})
                     records = [self.record(row) for row in rows]
@@ -200,7 +203,16 @@ class OutboxRelay:
     async def claim(self, conn: AsyncConnection[Any]) -> list[Any]:
         """Take (delete, in ``conn``'s open transaction) the next batch, oldest first."""
         cur = await conn.execute(_CLAIM, (SHARDS - 1, RELAY_LOCK, self.settings.relay_batch))
-        rows = await cur.fetchall()
+        return self._claimed(await cur.fetchall())
+
+    @functools.cached_property
+    def _first_claim(self) -> str:
+        """:meth:`claim` as SQL text (its values are constants), to open a round with."""
+        values = (SHARDS - 1, RELAY_LOCK, self.settings.relay_batch)
+        return _CLAIM % tuple(sql.Literal(value).as_string(None) for value in values)
+
+    @staticmethod
+    def _claimed(rows: list[Any]) -> list[Any]:
         rows.sort(key=lambda row: row[0])
         return rows
 
