@@ -9,8 +9,10 @@ Measured in one run, on one broker and one PostgreSQL (real ones, on loopback):
    ``OutboxRelay`` (claim with ``FOR UPDATE SKIP LOCKED``, produce, wait for the acks,
    commit), with each client; reported as events/s and as a ratio to that client's raw
    rate.
-3. **End-to-end latency**: events published at a steady rate (one per transaction), each
-   timed from its transaction's COMMIT returning to its handler starting, through relay,
+3. **End-to-end latency** (``--latency-runs`` runs per path, medians reported: one run's
+   p99 moves a lot on a shared machine): events published at a steady rate (``--per-tx``
+   per transaction, one by default), each timed from its transaction's COMMIT returning
+   to its handler starting, through relay,
    Kafka and a tenantry consumer (inbox, tenant transaction), all in this process. Also
    through the embedded mode (no broker: the consumer reads the outbox). The publisher
    processes start, warm up (untimed events the consumer has no handler for) and then
@@ -359,6 +361,28 @@ async def latency(
     return [(handled[k] - t) * 1000.0 for k, t in committed.items() if k in handled], achieved
 
 
+def _latency_run(ms: list[float], rate: float) -> dict[str, float]:
+    """One latency run's figures (ms)."""
+    return {
+        "published_per_s": rate,
+        "n": len(ms),
+        "p50": percentile(ms, 50),
+        "p99": percentile(ms, 99),
+        "max": max(ms) if ms else float("nan"),
+    }
+
+
+def _latency_summary(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Medians over the runs (a single run's p99 moves a lot on a shared machine), the
+    lowest rate reached, and every run."""
+    return {
+        "published_per_s": min(r["published_per_s"] for r in runs),
+        "p50": statistics.median(r["p50"] for r in runs),
+        "p99": statistics.median(r["p99"] for r in runs),
+        "runs": runs,
+    }
+
+
 async def run(args: Any, url: str) -> dict[str, Any]:
     base = Settings.from_env({"DATABASE_URL": url, "TENANTRY_DB_POOL_MAX": "20"})
     prefix = f"bench{secrets.token_hex(3)}."
@@ -398,13 +422,17 @@ async def run(args: Any, url: str) -> dict[str, Any]:
         finally:
             await aio.stop()
         medians = {k: statistics.median(v) for k, v in results.items()}
-        note(f"latency at {args.rate:g}/s through Kafka")
-        kafka_ms, kafka_rate = await latency(platform, tenants, args, "bench-latency")
+        kafka_runs = []
+        for k in range(args.latency_runs):
+            note(f"latency at {args.rate:g}/s through Kafka ({k + 1}/{args.latency_runs})")
+            kafka_runs.append(await latency(platform, tenants, args, "bench-latency"))
         embedded = Platform(replace(base, events=replace(events, kafka_bootstrap=None)), HR_SCHEMA)
         await embedded.start(listen=False, bootstrap=False)
+        embedded_runs = []
         try:
-            note(f"latency at {args.rate:g}/s through the outbox log (embedded)")
-            embedded_ms, embedded_rate = await latency(embedded, tenants, args, "bench-emb")
+            for k in range(args.latency_runs):
+                note(f"latency at {args.rate:g}/s, embedded ({k + 1}/{args.latency_runs})")
+                embedded_runs.append(await latency(embedded, tenants, args, "bench-emb"))
         finally:
             await embedded.stop()
     finally:
@@ -413,10 +441,10 @@ async def run(args: Any, url: str) -> dict[str, Any]:
     return {
         "throughput": results,
         "medians": medians,
-        "latency_kafka_ms": kafka_ms,
-        "latency_embedded_ms": embedded_ms,
-        "rate_kafka": kafka_rate,
-        "rate_embedded": embedded_rate,
+        "latency": {
+            "kafka": [_latency_run(ms, rate) for ms, rate in kafka_runs],
+            "embedded": [_latency_run(ms, rate) for ms, rate in embedded_runs],
+        },
     }
 
 
@@ -428,6 +456,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s for latency")
     parser.add_argument("--seconds", type=float, default=5.0, help="latency run length")
+    parser.add_argument(
+        "--latency-runs", type=int, default=3, help="latency runs per path (medians reported)"
+    )
     parser.add_argument("--publishers", type=int, default=4, help="publisher processes")
     parser.add_argument(
         "--per-tx", type=int, default=1, help="events per publishing transaction (latency)"
@@ -480,34 +511,36 @@ def main() -> None:
             ],
         ],
     )
-    rows = []
-    for name, values, achieved in (
-        ("Kafka (relay + consumer)", out["latency_kafka_ms"], out["rate_kafka"]),
-        ("embedded (outbox log)", out["latency_embedded_ms"], out["rate_embedded"]),
-    ):
-        rows.append(
-            [
-                name,
-                achieved,
-                len(values),
-                percentile(values, 50),
-                percentile(values, 99),
-                max(values) if values else float("nan"),
-            ]
+    kafka = _latency_summary(out["latency"]["kafka"])
+    embedded = _latency_summary(out["latency"]["embedded"])
+    rows = [
+        [
+            name,
+            summary["published_per_s"],
+            summary["p50"],
+            summary["p99"],
+            " / ".join(f"{r['p99']:.1f}" for r in summary["runs"]),
+        ]
+        for name, summary in (
+            ("Kafka (relay + consumer)", kafka),
+            ("embedded (outbox log)", embedded),
         )
+    ]
     print_table(
-        f"Commit -> handler latency, {args.rate:g} events/s asked for {args.seconds:g} s, "
-        f"{args.per_tx} per transaction{' (publish_alone)' if args.alone else ''} (ms)",
-        ["path", "published/s", "events", "p50", "p99", "max"],
+        f"Commit -> handler latency, {args.rate:g} events/s asked, {args.latency_runs} runs "
+        f"of {args.seconds:g} s, {args.per_tx} per transaction"
+        f"{' (publish_alone)' if args.alone else ''} (ms; medians of the runs)",
+        ["path", "published/s (lowest)", "p50", "p99", "p99 of each run"],
         rows,
     )
     goals = [
         ["relay >= 20,000 events/s", m["relay_confluent"] >= 20_000],
         ["relay >= 50% of raw producer", ratio(m["relay_confluent"], m["raw_confluent"]) >= 0.5],
         [
-            f"p99 <= 50 ms at 1,000/s (Kafka; {out['rate_kafka']:,.0f}/s reached, "
+            f"p99 <= 50 ms at 1,000/s (Kafka, median of {args.latency_runs} runs; "
+            f"{kafka['published_per_s']:,.0f}/s reached at least, "
             f"{args.per_tx}/transaction{', publish_alone' if args.alone else ''})",
-            percentile(out["latency_kafka_ms"], 99) <= 50 and out["rate_kafka"] >= 950,
+            kafka["p99"] <= 50 and kafka["published_per_s"] >= 950,
         ],
     ]
     print_table("Goals (reported, not asserted)", ["goal", "met"], goals)
@@ -519,20 +552,7 @@ def main() -> None:
                 "environment": environment(args.admin_url),
                 "throughput": out["throughput"],
                 "medians": m,
-                "latency_ms": {
-                    "kafka": {
-                        "published_per_s": out["rate_kafka"],
-                        "p50": percentile(out["latency_kafka_ms"], 50),
-                        "p99": percentile(out["latency_kafka_ms"], 99),
-                        "n": len(out["latency_kafka_ms"]),
-                    },
-                    "embedded": {
-                        "published_per_s": out["rate_embedded"],
-                        "p50": percentile(out["latency_embedded_ms"], 50),
-                        "p99": percentile(out["latency_embedded_ms"], 99),
-                        "n": len(out["latency_embedded_ms"]),
-                    },
-                },
+                "latency_ms": {"kafka": kafka, "embedded": embedded},
             },
         )
         note(f"wrote {path}")
