@@ -4,7 +4,6 @@ What the consumers' inbox claim uses. Real PostgreSQL."""
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -15,29 +14,15 @@ from tenantry import Platform
 from tenantry.catalog import Tenant
 from tenantry.db.transaction import first_rows
 from tenantry.events import inbox
+from tests.db_helpers import count_rows, scratch_table
 
 
 @pytest.fixture
 async def table(platform: Platform) -> AsyncIterator[str]:
-    name = f"public.first_probe_{secrets.token_hex(4)}"
-    async with platform.db.transaction() as conn:
-        await conn.execute(f"CREATE TABLE {name} (x int PRIMARY KEY)")
-        await conn.execute(
-            f"GRANT SELECT, INSERT, DELETE ON {name} TO {platform.settings.database.app_role}"
-        )
-    try:
+    async with scratch_table(
+        platform, "first_probe", "x int PRIMARY KEY", grant="SELECT, INSERT, DELETE"
+    ) as name:
         yield name
-    finally:
-        async with platform.db.transaction() as conn:
-            await conn.execute(f"DROP TABLE {name}")
-
-
-async def _count(platform: Platform, table: str) -> int:
-    async with platform.db.transaction() as conn:
-        cur = await conn.execute(f"SELECT count(*) FROM {table}")
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def test_the_first_statement_runs_bound_to_the_tenant_inside_the_transaction(
@@ -64,7 +49,7 @@ async def test_its_writes_commit_and_roll_back_with_the_transaction(
         tenant.context(), first=f"INSERT INTO {table} VALUES (1) RETURNING x"
     ) as conn:
         assert first_rows(conn) == [(1,)]
-    assert await _count(platform, table) == 1
+    assert await count_rows(platform, table) == 1
 
     seen: list[list[tuple[object, ...]]] = []
 
@@ -78,7 +63,7 @@ async def test_its_writes_commit_and_roll_back_with_the_transaction(
     with pytest.raises(RuntimeError, match="changed my mind"):
         await change_mind()
     assert seen == [[]]  # a statement without rows
-    assert await _count(platform, table) == 1
+    assert await count_rows(platform, table) == 1
 
 
 async def test_a_failing_first_statement_raises_and_the_connection_is_reused_clean(
@@ -97,7 +82,7 @@ async def test_a_failing_first_statement_raises_and_the_connection_is_reused_cle
         ) as conn:
             assert first_rows(conn) == [(8,)]
             await conn.execute(f"DELETE FROM {table}")
-    assert await _count(platform, table) == 0
+    assert await count_rows(platform, table) == 0
 
 
 async def test_first_rows_needs_a_transaction_opened_with_one(

@@ -17,6 +17,7 @@ from psycopg import AsyncConnection
 from tenantry import Platform
 from tenantry.db import transaction
 from tenantry.db.transaction import notify_after_commit
+from tests.db_helpers import count_rows, scratch_table
 from tests.events_helpers import heard
 
 
@@ -33,24 +34,10 @@ async def listener(database_url: str) -> AsyncIterator[tuple[AsyncConnection[Any
 
 @pytest.fixture
 async def table(platform: Platform) -> AsyncIterator[str]:
-    name = f"notify_probe_{secrets.token_hex(4)}"
-    async with platform.db.transaction() as conn:
-        await conn.execute(
-            f"CREATE TABLE public.{name} (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)"
-        )
-    try:
-        yield f"public.{name}"
-    finally:
-        async with platform.db.transaction() as conn:
-            await conn.execute(f"DROP TABLE public.{name}")
-
-
-async def _rows(platform: Platform, table: str) -> int:
-    async with platform.db.transaction() as conn:
-        cur = await conn.execute(f"SELECT count(*) FROM {table}")
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
+    async with scratch_table(
+        platform, "notify_probe", "x int UNIQUE DEFERRABLE INITIALLY DEFERRED"
+    ) as name:
+        yield name
 
 
 async def test_listeners_hear_once_after_the_commit_and_see_its_writes(
@@ -65,7 +52,7 @@ async def test_listeners_hear_once_after_the_commit_and_see_its_writes(
         sender = tx.info.backend_pid
     notes = await heard(conn, 2.0)
     assert [(n.channel, n.pid) for n in notes] == [(channel, sender)]
-    assert await _rows(platform, table) == 1
+    assert await count_rows(platform, table) == 1
 
 
 async def test_a_rollback_or_a_failed_commit_says_nothing(
@@ -94,7 +81,7 @@ async def test_a_rollback_or_a_failed_commit_says_nothing(
     with pytest.raises(psycopg.errors.UniqueViolation):
         await fails_at_commit()
     assert await heard(conn, 1.0) == []
-    assert await _rows(platform, table) == 1
+    assert await count_rows(platform, table) == 1
 
 
 async def test_a_notification_that_fails_after_a_commit_that_stood(
@@ -119,7 +106,7 @@ async def test_a_notification_that_fails_after_a_commit_that_stood(
             assert row is not None
             notify_after_commit(tx, "anything", xid=row[0])
         assert tx.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    assert await _rows(platform, table) == 1
+    assert await count_rows(platform, table) == 1
     assert any("committed, but could not notify" in r.getMessage() for r in caplog.records)
 
     async def without_xid() -> None:
@@ -129,7 +116,7 @@ async def test_a_notification_that_fails_after_a_commit_that_stood(
 
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         await without_xid()
-    assert await _rows(platform, table) == 2
+    assert await count_rows(platform, table) == 2
 
 
 async def test_only_the_innermost_open_transaction_of_the_task_takes_a_request(

@@ -202,14 +202,17 @@ class OutboxRelay:
 
     async def claim(self, conn: AsyncConnection[Any]) -> list[Any]:
         """Take (delete, in ``conn``'s open transaction) the next batch, oldest first."""
-        cur = await conn.execute(_CLAIM, (SHARDS - 1, RELAY_LOCK, self.settings.relay_batch))
+        cur = await conn.execute(_CLAIM, self._claim_values)
         return self._claimed(await cur.fetchall())
+
+    @property
+    def _claim_values(self) -> tuple[int, int, int]:
+        return (SHARDS - 1, RELAY_LOCK, self.settings.relay_batch)
 
     @functools.cached_property
     def _first_claim(self) -> str:
         """:meth:`claim` as SQL text (its values are constants), to open a round with."""
-        values = (SHARDS - 1, RELAY_LOCK, self.settings.relay_batch)
-        return _CLAIM % tuple(sql.Literal(value).as_string(None) for value in values)
+        return _CLAIM % tuple(sql.Literal(v).as_string(None) for v in self._claim_values)
 
     @staticmethod
     def _claimed(rows: list[Any]) -> list[Any]:
