@@ -16,6 +16,7 @@ import pytest
 from tenantry import Platform, tenant_scope
 from tenantry.catalog import Tenant
 from tenantry.events import InvalidEventError, NewEvent, NoTransactionError, outbox
+from tenantry.events.schema import EVENTS_DDL
 from tests.events_helpers import family, heard
 
 MakeTenant = Callable[..., Awaitable[Tenant]]
@@ -297,6 +298,62 @@ async def test_a_transaction_publishing_for_two_tenants_in_turn_chains_each(
     for tenant in (first, second):
         report = await platform.events.audit.verify(tenant.id)
         assert report.ok, report.problems
+
+
+async def test_each_publish_call_joins_the_chain_once_whatever_its_size(
+    platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """The chain is appended per publish call, not per event: only a call's first outbox
+    row asks for it (``chain_rows``). A call of 600 events, a check of the deferred
+    constraints in the middle of the transaction (which appends what came before) and calls
+    after it: every event is in the chain exactly once, in publish order."""
+    tenant = await make_tenant("evt")
+    kind = f"{family()}.calls"
+    with tenant_scope(tenant.context()):
+        async with platform.db.tenant_transaction() as conn:
+            ids = await platform.events.publish_many(NewEvent(kind, {"n": n}) for n in range(600))
+            await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            ids.append(await platform.events.publish(kind, {"n": 600}))
+            ids += await platform.events.publish_many(
+                NewEvent(kind, {"n": n}) for n in range(601, 604)
+            )
+    async with platform.db.transaction() as conn:
+        cur = await conn.execute(
+            "SELECT chain_rows FROM tenantry.outbox WHERE type = %s ORDER BY seq", (kind,)
+        )
+        marks = [row[0] for row in await cur.fetchall()]
+    assert marks == [600, *[None] * 599, 1, 3, None, None]
+    entries = await platform.events.audit.entries(tenant.id, limit=1000)
+    assert [(e.position, e.event_id, e.payload) for e in entries] == [
+        (n + 1, event_id, {"n": n}) for n, event_id in enumerate(ids)
+    ]
+    report = await platform.events.audit.verify(tenant.id)
+    assert report.ok, report.problems
+    assert report.head_position == 604
+
+
+async def test_bootstrap_replaces_a_per_event_chain_trigger(platform: Platform) -> None:
+    """A database whose chain trigger fires for every outbox row (as created by earlier
+    versions) gets the per-call trigger when the events schema is bootstrapped again. Run
+    in a transaction that is rolled back, so the shared database is left as found."""
+    query = (
+        "SELECT pg_get_triggerdef(oid) FROM pg_trigger "
+        "WHERE tgrelid = 'tenantry.outbox'::regclass AND tgname = 'outbox_audit_chain'"
+    )
+    async with (
+        platform.db.cell().owner_pool.connection() as conn,
+        conn.transaction(force_rollback=True),
+    ):
+        await conn.execute(
+            "DROP TRIGGER outbox_audit_chain ON tenantry.outbox; "
+            "CREATE CONSTRAINT TRIGGER outbox_audit_chain AFTER INSERT ON tenantry.outbox "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tenantry.chain_audit()"
+        )
+        [(before,)] = await (await conn.execute(query)).fetchall()
+        await conn.execute(EVENTS_DDL.encode())
+        [(after,)] = await (await conn.execute(query)).fetchall()
+    assert "WHEN" not in before
+    assert "WHEN ((new.chain_rows IS NOT NULL))" in after
 
 
 async def _notes_from(conn: psycopg.AsyncConnection[Any], pid: int, seconds: float) -> int:

@@ -48,9 +48,11 @@ CREATE TABLE IF NOT EXISTS tenantry.outbox (
     schema_version  integer NOT NULL,
     occurred_at     timestamptz NOT NULL,
     traceparent     text,
-    payload         jsonb NOT NULL
+    payload         jsonb NOT NULL,
+    chain_rows      integer  -- see tenantry.chain_audit
 );
 CREATE INDEX IF NOT EXISTS outbox_log_idx ON tenantry.outbox (txid, seq);
+ALTER TABLE tenantry.outbox ADD COLUMN IF NOT EXISTS chain_rows integer;
 CREATE TABLE IF NOT EXISTS tenantry.audit_heads (
     tenant_id   uuid PRIMARY KEY,
     position    bigint NOT NULL,
@@ -139,10 +141,11 @@ BEGIN
         RAISE EXCEPTION 'p_events must be a JSON array' USING ERRCODE = '22023';
     END IF;
     INSERT INTO tenantry.outbox (event_id, tenant_id, tier, type, topic, subject, shard,
-                                 schema_version, occurred_at, traceparent, payload)
+                                 schema_version, occurred_at, traceparent, payload,
+                                 chain_rows)
     SELECT (e->>'id')::uuid, v_tenant, p_tier, e->>'type', e->>'topic', e->>'subject',
            (hashtext(v_tenant::text) & 63)::smallint, (e->>'version')::integer, p_occurred,
-           p_traceparent, e->'payload'
+           p_traceparent, e->'payload', CASE WHEN n = 1 THEN jsonb_array_length(p_events) END
     FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x (e, n)
     ORDER BY n;
     RETURN pg_current_xact_id()::text;
@@ -167,67 +170,84 @@ $fn$;
 -- The audit chain is appended at COMMIT, by a deferred constraint trigger on the outbox:
 -- the tenant's chain head (tenantry.audit_heads) is locked only while the transaction
 -- commits, not from its publish call to its end, so a tenant's publishing transactions
--- take turns for their commits only. Rows of a savepoint that rolled back are gone by
--- then, and so are their trigger events. Firings follow the rows' insertion order. A row
--- whose predecessor was of the same tenant continues from the transaction-local copy of
--- the head that firing left (its lock is held to the end); any other locks the head row.
--- The head row is written back only when the next row is of another tenant or there is
--- none (the copy is then cleared): one head update per run of a tenant's rows, whatever
--- the batch size.
+-- take turns for their commits only. The trigger fires once per append_events call, not
+-- once per event: only the first row a call writes carries chain_rows (how many rows that
+-- call wrote, all of one tenant, with consecutive seq values within this transaction), and
+-- the trigger's WHEN clause skips the others. Each firing appends its call's rows in one
+-- statement: lock the head, hash the rows in seq order (the running aggregate
+-- tenantry.audit_chain), insert them, move the head. Rows of a savepoint that rolled back
+-- are gone by then, and so are their trigger events. Firings follow the rows' insertion
+-- order, so a transaction's events join the chain in publish order. A row without
+-- chain_rows under a trigger without the WHEN clause (written by an earlier version during
+-- an upgrade) is appended alone.
+CREATE OR REPLACE FUNCTION tenantry.audit_chain_step(
+    p_state bytea, p_head bytea, p_tenant uuid, p_event uuid, p_type text, p_version integer,
+    p_occurred timestamptz, p_payload jsonb
+) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $fn$
+BEGIN
+    RETURN tenantry.audit_digest(coalesce(p_state, p_head), p_tenant, p_event, p_type,
+                                 p_version, p_occurred, p_payload);
+END
+$fn$;
+-- audit_chain(head hash, entry...) OVER (ORDER BY ...): each row's hash, chained from the
+-- head's.
+CREATE OR REPLACE AGGREGATE tenantry.audit_chain(
+    bytea, uuid, uuid, text, integer, timestamptz, jsonb
+) (SFUNC = tenantry.audit_chain_step, STYPE = bytea);
 CREATE OR REPLACE FUNCTION tenantry.chain_audit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    v_tx xid8 := pg_current_xact_id();
-    v_held text[] := string_to_array(current_setting('tenantry.audit_head', true), '|');
-    v_position bigint;
-    v_hash bytea;
-    v_next uuid;
+    v_rows integer := coalesce(NEW.chain_rows, 1);
 BEGIN
-    IF v_held[1] = v_tx::text AND v_held[2] = NEW.tenant_id::text THEN
-        v_position := v_held[3]::bigint;
-        v_hash := decode(v_held[4], 'hex');
-    ELSE
-        SELECT h.position, h.hash INTO v_position, v_hash
-        FROM tenantry.audit_heads h WHERE h.tenant_id = NEW.tenant_id FOR UPDATE;
-        IF NOT FOUND THEN
-            INSERT INTO tenantry.audit_heads AS h (tenant_id, position, hash)
-            VALUES (NEW.tenant_id, 0,
-                    '\\x0000000000000000000000000000000000000000000000000000000000000000')
-            ON CONFLICT (tenant_id) DO UPDATE SET position = h.position
-            RETURNING h.position, h.hash INTO v_position, v_hash;
+    -- Twice at most: a tenant's first event finds no head; the head is created, then used.
+    FOR attempt IN 1..2 LOOP
+        WITH head AS MATERIALIZED (
+            SELECT h.position, h.hash FROM tenantry.audit_heads h
+            WHERE h.tenant_id = NEW.tenant_id FOR UPDATE
+        ), chained AS (
+            SELECT o.event_id, o.type, o.schema_version, o.occurred_at, o.payload,
+                   head.hash AS start, head.position + row_number() OVER w AS position,
+                   tenantry.audit_chain(head.hash, o.tenant_id, o.event_id, o.type,
+                                        o.schema_version, o.occurred_at, o.payload) OVER w
+                       AS hash
+            FROM head, (SELECT * FROM tenantry.outbox x
+                        WHERE x.txid = NEW.txid AND x.seq >= NEW.seq
+                        ORDER BY x.seq LIMIT v_rows) o
+            WINDOW w AS (ORDER BY o.seq ROWS UNBOUNDED PRECEDING)
+        ), added AS (
+            INSERT INTO tenantry.audit_log (tenant_id, position, event_id, type,
+                                            schema_version, occurred_at, payload, prev_hash,
+                                            hash)
+            SELECT NEW.tenant_id, c.position, c.event_id, c.type, c.schema_version,
+                   c.occurred_at, c.payload,
+                   lag(c.hash, 1, c.start) OVER (ORDER BY c.position), c.hash
+            FROM chained c
+            RETURNING position, hash
+        )
+        UPDATE tenantry.audit_heads h SET position = a.position, hash = a.hash
+        FROM (SELECT position, hash FROM added ORDER BY position DESC LIMIT 1) a
+        WHERE h.tenant_id = NEW.tenant_id;
+        IF FOUND THEN
+            RETURN NULL;
         END IF;
-    END IF;
-    v_position := v_position + 1;
-    INSERT INTO tenantry.audit_log AS a (tenant_id, position, event_id, type, schema_version,
-                                         occurred_at, payload, prev_hash, hash)
-    VALUES (NEW.tenant_id, v_position, NEW.event_id, NEW.type, NEW.schema_version,
-            NEW.occurred_at, NEW.payload, v_hash,
-            tenantry.audit_digest(v_hash, NEW.tenant_id, NEW.event_id, NEW.type,
-                                  NEW.schema_version, NEW.occurred_at, NEW.payload))
-    RETURNING a.hash INTO v_hash;
-    SELECT o.tenant_id INTO v_next FROM tenantry.outbox o
-    WHERE o.txid = v_tx AND o.seq > NEW.seq ORDER BY o.seq LIMIT 1;
-    IF v_next IS DISTINCT FROM NEW.tenant_id THEN
-        UPDATE tenantry.audit_heads SET position = v_position, hash = v_hash
-        WHERE tenant_id = NEW.tenant_id;
-        IF v_held IS NOT NULL THEN
-            PERFORM set_config('tenantry.audit_head', '', true);
-        END IF;
-    ELSE
-        PERFORM set_config('tenantry.audit_head',
-                           concat_ws('|', v_tx, NEW.tenant_id, v_position, encode(v_hash, 'hex')),
-                           true);
-    END IF;
-    RETURN NULL;
+        INSERT INTO tenantry.audit_heads (tenant_id, position, hash)
+        VALUES (NEW.tenant_id, 0,
+                '\\x0000000000000000000000000000000000000000000000000000000000000000')
+        ON CONFLICT (tenant_id) DO NOTHING;
+    END LOOP;
+    RAISE EXCEPTION 'event % of tenant % could not join its audit chain',
+        NEW.event_id, NEW.tenant_id;
 END
 $fn$;
 REVOKE ALL ON FUNCTION tenantry.chain_audit() FROM PUBLIC;
 DO $tenantry$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'outbox_audit_chain'
-                   AND tgrelid = 'tenantry.outbox'::regclass) THEN
+                   AND tgrelid = 'tenantry.outbox'::regclass AND tgqual IS NOT NULL) THEN
+        DROP TRIGGER IF EXISTS outbox_audit_chain ON tenantry.outbox;
         CREATE CONSTRAINT TRIGGER outbox_audit_chain AFTER INSERT ON tenantry.outbox
-            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tenantry.chain_audit();
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+            WHEN (NEW.chain_rows IS NOT NULL) EXECUTE FUNCTION tenantry.chain_audit();
     END IF;
 END $tenantry$;
 REVOKE ALL ON FUNCTION tenantry.publish_events(text, timestamptz, text, jsonb) FROM PUBLIC;
