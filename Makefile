@@ -42,6 +42,7 @@ bench: venv
 	$(BIN)/python bench/flags.py
 	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/observability.py
+	$(BIN)/python bench/audit_chain.py
 	scripts/services start valkey valkey-cluster
 	$(BIN)/python bench/cache.py
 	scripts/services start kafka

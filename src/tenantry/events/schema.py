@@ -202,32 +202,51 @@ DECLARE
 BEGIN
     -- Twice at most: a tenant's first event finds no head; the head is created, then used.
     FOR attempt IN 1..2 LOOP
-        WITH head AS MATERIALIZED (
-            SELECT h.position, h.hash FROM tenantry.audit_heads h
-            WHERE h.tenant_id = NEW.tenant_id FOR UPDATE
-        ), chained AS (
-            SELECT o.event_id, o.type, o.schema_version, o.occurred_at, o.payload,
-                   head.hash AS start, head.position + row_number() OVER w AS position,
-                   tenantry.audit_chain(head.hash, o.tenant_id, o.event_id, o.type,
-                                        o.schema_version, o.occurred_at, o.payload) OVER w
-                       AS hash
-            FROM head, (SELECT * FROM tenantry.outbox x
-                        WHERE x.txid = NEW.txid AND x.seq >= NEW.seq
-                        ORDER BY x.seq LIMIT v_rows) o
-            WINDOW w AS (ORDER BY o.seq ROWS UNBOUNDED PRECEDING)
-        ), added AS (
-            INSERT INTO tenantry.audit_log (tenant_id, position, event_id, type,
-                                            schema_version, occurred_at, payload, prev_hash,
-                                            hash)
-            SELECT NEW.tenant_id, c.position, c.event_id, c.type, c.schema_version,
-                   c.occurred_at, c.payload,
-                   lag(c.hash, 1, c.start) OVER (ORDER BY c.position), c.hash
-            FROM chained c
-            RETURNING position, hash
-        )
-        UPDATE tenantry.audit_heads h SET position = a.position, hash = a.hash
-        FROM (SELECT position, hash FROM added ORDER BY position DESC LIMIT 1) a
-        WHERE h.tenant_id = NEW.tenant_id;
+        IF v_rows = 1 THEN  -- the common case, without the window over the outbox
+            WITH head AS MATERIALIZED (
+                SELECT h.position, h.hash FROM tenantry.audit_heads h
+                WHERE h.tenant_id = NEW.tenant_id FOR UPDATE
+            ), added AS (
+                INSERT INTO tenantry.audit_log (tenant_id, position, event_id, type,
+                                                schema_version, occurred_at, payload,
+                                                prev_hash, hash)
+                SELECT NEW.tenant_id, head.position + 1, NEW.event_id, NEW.type,
+                       NEW.schema_version, NEW.occurred_at, NEW.payload, head.hash,
+                       tenantry.audit_digest(head.hash, NEW.tenant_id, NEW.event_id, NEW.type,
+                                             NEW.schema_version, NEW.occurred_at, NEW.payload)
+                FROM head
+                RETURNING position, hash
+            )
+            UPDATE tenantry.audit_heads h SET position = a.position, hash = a.hash
+            FROM added a WHERE h.tenant_id = NEW.tenant_id;
+        ELSE
+            WITH head AS MATERIALIZED (
+                SELECT h.position, h.hash FROM tenantry.audit_heads h
+                WHERE h.tenant_id = NEW.tenant_id FOR UPDATE
+            ), chained AS (
+                SELECT o.event_id, o.type, o.schema_version, o.occurred_at, o.payload,
+                       head.hash AS start, head.position + row_number() OVER w AS position,
+                       tenantry.audit_chain(head.hash, o.tenant_id, o.event_id, o.type,
+                                            o.schema_version, o.occurred_at, o.payload) OVER w
+                           AS hash
+                FROM head, (SELECT * FROM tenantry.outbox x
+                            WHERE x.txid = NEW.txid AND x.seq >= NEW.seq
+                            ORDER BY x.seq LIMIT v_rows) o
+                WINDOW w AS (ORDER BY o.seq ROWS UNBOUNDED PRECEDING)
+            ), added AS (
+                INSERT INTO tenantry.audit_log (tenant_id, position, event_id, type,
+                                                schema_version, occurred_at, payload, prev_hash,
+                                                hash)
+                SELECT NEW.tenant_id, c.position, c.event_id, c.type, c.schema_version,
+                       c.occurred_at, c.payload,
+                       lag(c.hash, 1, c.start) OVER (ORDER BY c.position), c.hash
+                FROM chained c
+                RETURNING position, hash
+            )
+            UPDATE tenantry.audit_heads h SET position = a.position, hash = a.hash
+            FROM (SELECT position, hash FROM added ORDER BY position DESC LIMIT 1) a
+            WHERE h.tenant_id = NEW.tenant_id;
+        END IF;
         IF FOUND THEN
             RETURN NULL;
         END IF;
