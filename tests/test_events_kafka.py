@@ -26,6 +26,7 @@ from tenantry.events.consumer import KafkaEventConsumer, _InFlight
 from tenantry.events.errors import KafkaUnavailableError
 from tenantry.events.kafka import TopicAdmin
 from tenantry.events.relay import CLAIMS_PER_ROUND, OutboxRelay
+from tenantry.events.schema import RELAY_LOCK
 from tests.events_helpers import (
     effect_counts,
     effects,
@@ -209,6 +210,52 @@ async def test_a_backlog_is_relayed_in_pipelined_rounds_in_order(
     topic = kafka_platform.settings.events.topic_prefix + fam
     records = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, len(ids))
     assert [UUID(dict(r.headers())["ce_id"].decode()) for r in records] == ids
+
+
+async def test_a_relay_leaves_the_shards_another_relay_holds_and_locks_only_what_it_sees(
+    kafka_platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """While another relay holds one tenant's shard, a claim takes the other tenant's rows
+    and none of the held shard's; it tries the locks of the shards its rows are in, not of
+    all 64. Once the other relay is done, the held rows are claimed, in publishing order."""
+    first = await make_tenant("kfk")
+    second = await make_tenant("kfk")
+    owner = kafka_platform.db.cell().owner_pool
+    async with owner.connection() as conn:
+        cur = await conn.execute(
+            "SELECT hashtext(%s) & 63, hashtext(%s) & 63", (str(first.id), str(second.id))
+        )
+        shards = await cur.fetchone()
+    assert shards is not None
+    if shards[0] == shards[1]:  # one chance in 64: a third tenant has another shard
+        second = await make_tenant("kfk")
+    kind = f"{family()}.shard"
+    relay = OutboxRelay(kafka_platform.db, replace(kafka_platform.settings.events, relay_batch=50))
+    await _drain(relay)  # rows other tests left behind
+    held_ids = await _publish(kafka_platform, first, kind, 3)
+    free_ids = await _publish(kafka_platform, second, kind, 3)
+
+    async def claim() -> tuple[list[UUID], int]:
+        async with owner.connection() as conn, conn.transaction(force_rollback=True):
+            rows = await relay.claim(conn)
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid() AND classid = %s",
+                (RELAY_LOCK,),
+            )
+            locks = await cur.fetchone()
+        return [UUID(row[1]) for row in rows], locks[0] if locks else -1
+
+    async with owner.connection() as other, other.transaction():
+        await other.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s) & 63)", (RELAY_LOCK, str(first.id))
+        )
+        claimed, locks = await claim()
+    assert claimed == free_ids
+    assert locks == 1
+    claimed, locks = await claim()
+    assert claimed == held_ids + free_ids
+    assert locks == 2
 
 
 class _FailingRelay(OutboxRelay):

@@ -55,7 +55,7 @@ from tenantry.events.envelope import (
 )
 from tenantry.events.errors import KafkaUnavailableError
 from tenantry.events.kafka import DeliveryTracker, TopicAdmin, flush_all, producer_config
-from tenantry.events.schema import OUTBOX_CHANNEL, RELAY_LOCK, SHARDS
+from tenantry.events.schema import OUTBOX_CHANNEL, RELAY_LOCK
 from tenantry.settings import EventsSettings
 
 logger = logging.getLogger("tenantry.events.relay")
@@ -71,11 +71,15 @@ rows): enough to keep the database claiming while Kafka acknowledges, few enough
 failed round re-sends little."""
 
 _CLAIM = (
-    # The shard locks are taken once, before any row is looked at: a relay that skipped a
+    # The shard locks are taken once, before any row is claimed: a relay that skipped a
     # tenant's row because another relay held its shard must not take that tenant's
-    # later rows in the same statement, after the other one committed.
-    "WITH held AS MATERIALIZED (SELECT s::smallint AS shard FROM generate_series(0, %s) s "
-    "WHERE pg_try_advisory_xact_lock(%s, s)) "
+    # later rows in the same statement, after the other one committed. Only the shards of
+    # the oldest rows (as many as a claim takes) are tried, not all SHARDS of them: each
+    # advisory lock costs the server a lock-table entry taken and released, and a round
+    # that found a few events used to pay for 64 (0.35-0.5 ms per claim transaction).
+    "WITH held AS MATERIALIZED (SELECT w.shard FROM (SELECT DISTINCT o.shard FROM "
+    "(SELECT shard FROM tenantry.outbox ORDER BY seq LIMIT %s) o) w "
+    "WHERE pg_try_advisory_xact_lock(%s, w.shard)) "
     "DELETE FROM tenantry.outbox WHERE seq = ANY(ARRAY("
     "SELECT seq FROM tenantry.outbox WHERE shard IN (SELECT shard FROM held) "
     "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED)) "
@@ -207,7 +211,7 @@ class OutboxRelay:
 
     @property
     def _claim_values(self) -> tuple[int, int, int]:
-        return (SHARDS - 1, RELAY_LOCK, self.settings.relay_batch)
+        return (self.settings.relay_batch, RELAY_LOCK, self.settings.relay_batch)
 
     @functools.cached_property
     def _first_claim(self) -> str:
