@@ -12,7 +12,7 @@ import pytest
 
 from tenantry import Platform
 from tenantry.catalog import Tenant
-from tenantry.db.transaction import first_rows
+from tenantry.db.transaction import Prepared, first_rows
 from tenantry.events import inbox
 from tests.db_helpers import count_rows, scratch_table
 
@@ -117,3 +117,45 @@ async def test_the_inbox_claim_quotes_its_values_and_reports_only_new_rows(
         inbox.claim_statement(consumer, [])
     with pytest.raises(TypeError, match="UUIDs"):
         inbox.claim_statement(consumer, ["00000000-0000-0000-0000-000000000000'); --"])  # type: ignore[list-item]
+
+
+async def test_a_prepared_first_statement_is_prepared_once_per_connection(
+    platform: Platform, make_tenant: Callable[..., Awaitable[Tenant]], table: str
+) -> None:
+    """A :class:`Prepared` first statement is prepared on a connection the first time it
+    opens a transaction there and then run by name, its arguments quoted in; a connection
+    whose statements were deallocated behind tenantry's back prepares it again."""
+    tenant = await make_tenant()
+    insert = Prepared("test_first_insert", f"INSERT INTO {table} VALUES ($1) RETURNING x, $2")
+    hostile = "it's -- $1 \\"
+    for x in range(1, 6):
+        async with platform.db.tenant_transaction(
+            tenant.context(), first=insert.bind(x, hostile)
+        ) as conn:
+            assert first_rows(conn) == [(x, hostile)]
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE name = %s", (insert.name,)
+            )
+            assert await cur.fetchone() == (1,)
+            await conn.execute(f"DEALLOCATE {insert.name}")  # so the next one prepares again
+    assert await count_rows(platform, table) == 5
+    with pytest.raises(ValueError, match="statement name"):
+        Prepared("", "SELECT 1")
+
+
+async def test_a_failing_prepared_first_statement_raises_and_leaves_connections_clean(
+    platform: Platform, make_tenant: Callable[..., Awaitable[Tenant]], table: str
+) -> None:
+    tenant = await make_tenant()
+    insert = Prepared("test_first_insert_twice", f"INSERT INTO {table} VALUES ($1), ($1)")
+    for _ in range(platform.settings.database.pool_max + 1):  # every pooled connection
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            async with platform.db.tenant_transaction(tenant.context(), first=insert.bind(7)):
+                pytest.fail("the block must not run when its first statement fails")
+    for _ in range(platform.settings.database.pool_max + 1):
+        async with platform.db.tenant_transaction(
+            tenant.context(), first=f"INSERT INTO {table} VALUES (8) RETURNING x"
+        ) as conn:
+            assert first_rows(conn) == [(8,)]
+            await conn.execute(f"DELETE FROM {table}")
+    assert await count_rows(platform, table) == 0

@@ -13,7 +13,7 @@ from tenantry.context import TenantContext, current_tenant
 from tenantry.db.binding import PLAIN_BEGIN, READONLY_BEGIN, SNAPSHOT_BEGIN, begin_statement
 from tenantry.db.cell import Cell
 from tenantry.db.errors import UnknownCellError
-from tenantry.db.transaction import run_transaction
+from tenantry.db.transaction import Prepared, run_transaction
 from tenantry.settings import DatabaseSettings
 
 
@@ -61,7 +61,7 @@ class Database:
         *,
         readonly: bool = False,
         snapshot: bool = False,
-        first: str | None = None,
+        first: str | Prepared | None = None,
     ) -> AsyncIterator[AsyncConnection[Any]]:
         """A transaction bound to a tenant, as the application role.
 
@@ -69,9 +69,9 @@ class Database:
         raises :class:`~tenantry.errors.NoTenantContextError` before touching the database.
         Unqualified table names resolve to the tenant's schema, and row-level security
         admits only the tenant's rows. ``snapshot`` opens a REPEATABLE READ, read-only
-        transaction (consistent exports). ``first``: a statement (SQL text, values already
-        quoted) sent with the opening message, its rows read with
-        :func:`tenantry.db.transaction.first_rows` (see
+        transaction (consistent exports). ``first``: a statement (SQL text with its values
+        quoted in, or a :class:`~tenantry.db.transaction.Prepared` one) sent with the
+        opening message, its rows read with :func:`tenantry.db.transaction.first_rows` (see
         :func:`~tenantry.db.transaction.run_transaction`).
         """
         ctx = ctx or current_tenant()
@@ -94,7 +94,7 @@ class Database:
         cell: str | None = None,
         owner: bool = True,
         readonly: bool = False,
-        first: str | None = None,
+        first: str | Prepared | None = None,
     ) -> AsyncIterator[AsyncConnection[Any]]:
         """A transaction with no tenant bound: control-plane work (owner role by default).
 

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
+
+from tenantry.db.transaction import Prepared
 
 
 async def claim(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bool:
@@ -42,23 +44,22 @@ async def claim_many(
     return {row[0] for row in await cur.fetchall()}
 
 
-def claim_statement(consumer: str, event_ids: Sequence[UUID]) -> str:
-    """:func:`claim_many` as SQL text with its values quoted in, to ride in the message
-    that opens the handler's transaction (``tenant_transaction(ctx, first=...)``) instead
-    of taking a round trip of its own. Its rows are the ids newly recorded."""
+_CLAIM_MANY = Prepared(
+    "tenantry_inbox_claim",
+    "INSERT INTO tenantry.inbox (consumer, event_id) SELECT $1::text, unnest($2::uuid[]) "
+    "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+)
+
+
+def claim_statement(consumer: str, event_ids: Sequence[UUID]) -> Prepared:
+    """:func:`claim_many` as a prepared statement with its values bound, to ride in the
+    message that opens the handler's transaction (``tenant_transaction(ctx, first=...)``)
+    instead of taking a round trip of its own. Its rows are the ids newly recorded."""
     if not event_ids:
         raise ValueError("no event ids to claim")
     if not all(isinstance(event_id, UUID) for event_id in event_ids):
         raise TypeError("event ids must be UUIDs")
-    ids = "{" + ",".join(map(str, event_ids)) + "}"
-    return (
-        sql.SQL(
-            "INSERT INTO tenantry.inbox (consumer, event_id) SELECT {}, unnest({}::uuid[]) "
-            "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
-        )
-        .format(sql.Literal(consumer), sql.Literal(ids))
-        .as_string(None)
-    )
+    return _CLAIM_MANY.bind(consumer, "{" + ",".join(map(str, event_ids)) + "}")
 
 
 async def handled(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bool:
