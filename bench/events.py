@@ -16,7 +16,11 @@ Measured in one run, on one broker and one PostgreSQL (real ones, on loopback):
    Kafka and a tenantry consumer (inbox, tenant transaction), all in this process. Also
    through the embedded mode (no broker: the consumer reads the outbox). The publisher
    processes start, warm up (untimed events the consumer has no handler for) and then
-   begin together, so no timed event shares the machine with a process's start-up.
+   begin together, so no timed event shares the machine with a process's start-up. Each
+   run publishes at the rate for ``--lead-in`` seconds (2 by default) before its timed
+   ``--seconds``: the same events, handled the same way, not counted. Latency is measured
+   in steady state, not from a standing start (in the first second after an idle pause
+   the p99 of a 5-per-transaction run was 2-3x that of the seconds after it).
 
 Usage: ``.venv/bin/python bench/events.py`` (``scripts/services start postgres kafka``
 first). Nothing is asserted; medians of ``--rounds`` rounds are printed with ratios.
@@ -204,12 +208,14 @@ async def publish_at_rate(
     out: str,
     per_tx: int = 1,
     alone: bool = False,
+    lead_in: float = 0.0,
 ) -> None:
     """The publisher process: ``rate`` events/s, ``per_tx`` per transaction (open loop:
     each transaction at its scheduled time), writing ``{event id: COMMIT-returned wall
     time}`` to ``out``. Each transaction is a tenant transaction that publishes, or with
     ``alone`` ``platform.events.publish_alone`` (the same transaction sent as one
-    message: what events with no business write cost)."""
+    message: what events with no business write cost). The first ``lead_in`` seconds of
+    transactions are published the same way but not written to ``out``."""
     platform = Platform(Settings.from_env({**os.environ, "DATABASE_URL": url}), HR_SCHEMA)
     await platform.start(listen=False, bootstrap=False)
     committed: dict[str, float] = {}
@@ -217,7 +223,7 @@ async def publish_at_rate(
         tenants = [await platform.tenants.get(slug) for slug in slugs]
         gate = asyncio.Semaphore(32)
 
-        async def one(i: int, kind: str = "latency.probe") -> None:
+        async def one(i: int, kind: str = "latency.probe", counted: bool = True) -> None:
             async with gate:
                 ctx = tenants[i % len(tenants)].context()
                 batch = [NewEvent(kind, {"i": i, "k": k}) for k in range(per_tx)]
@@ -228,18 +234,21 @@ async def publish_at_rate(
                         async with platform.db.tenant_transaction():
                             ids = await platform.events.publish_many(batch)
                 at = time.time()
-                if kind == "latency.probe":
+                if counted:
                     for event_id in ids:
                         committed[str(event_id)] = at
 
         # Warm up (pool connections, prepared statements), untimed: events of a type the
         # consumer has no handler for. Then say so and wait for the common start, so no
         # publisher's timed events share the machine with another one's start-up.
-        await asyncio.gather(*(one(i, "latency.warmup") for i in range(WARMUP_TRANSACTIONS)))
+        await asyncio.gather(
+            *(one(i, "latency.warmup", counted=False) for i in range(WARMUP_TRANSACTIONS))
+        )
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
         rate = rate / per_tx  # transactions per second
-        total = int(rate * seconds)
+        lead = int(rate * lead_in)
+        total = lead + int(rate * seconds)
         pending: list[asyncio.Task[None]] = []
         started = time.time()
         start = time.perf_counter()
@@ -247,7 +256,9 @@ async def publish_at_rate(
             pause = start + i / rate - time.perf_counter()
             if pause > 0:
                 await asyncio.sleep(pause)
-            pending.append(asyncio.create_task(one(i)))
+            if i == lead:
+                started = time.time()
+            pending.append(asyncio.create_task(one(i, counted=i >= lead)))
         await asyncio.gather(*pending)
         ended = time.time()
     finally:
@@ -312,6 +323,8 @@ async def latency(
                     str(args.seconds),
                     "--per-tx",
                     str(args.per_tx),
+                    "--lead-in",
+                    str(args.lead_in),
                     *(["--alone"] if args.alone else []),
                     "--tenants",
                     ",".join(t.slug for t in tenants),
@@ -459,6 +472,13 @@ def main() -> None:
     parser.add_argument(
         "--latency-runs", type=int, default=3, help="latency runs per path (medians reported)"
     )
+    parser.add_argument(
+        "--lead-in",
+        type=float,
+        default=2.0,
+        help="seconds each latency run publishes at the rate before its timed window "
+        "(not counted): steady state, not a standing start",
+    )
     parser.add_argument("--publishers", type=int, default=4, help="publisher processes")
     parser.add_argument(
         "--per-tx", type=int, default=1, help="events per publishing transaction (latency)"
@@ -481,6 +501,7 @@ def main() -> None:
                 str(REPO_DIR / "bench" / "results" / args.publisher),
                 args.per_tx,
                 args.alone,
+                args.lead_in,
             )
         )
         return
@@ -528,8 +549,8 @@ def main() -> None:
     ]
     print_table(
         f"Commit -> handler latency, {args.rate:g} events/s asked, {args.latency_runs} runs "
-        f"of {args.seconds:g} s, {args.per_tx} per transaction"
-        f"{' (publish_alone)' if args.alone else ''} (ms; medians of the runs)",
+        f"of {args.seconds:g} s after {args.lead_in:g} s at the rate, {args.per_tx} per "
+        f"transaction{' (publish_alone)' if args.alone else ''} (ms; medians of the runs)",
         ["path", "published/s (lowest)", "p50", "p99", "p99 of each run"],
         rows,
     )
