@@ -76,7 +76,7 @@ _CLAIM = (
     # later rows in the same statement, after the other one committed. Only the shards of
     # the oldest rows (as many as a claim takes) are tried, not all SHARDS of them: each
     # advisory lock costs the server a lock-table entry taken and released, and a round
-    # that found a few events used to pay for 64 (0.35-0.5 ms per claim transaction).
+    # that found a few events used to pay for 64 (0.12 ms of server CPU per claim).
     "WITH held AS MATERIALIZED (SELECT w.shard FROM (SELECT DISTINCT o.shard FROM "
     "(SELECT shard FROM tenantry.outbox ORDER BY seq LIMIT %s) o) w "
     "WHERE pg_try_advisory_xact_lock(%s, w.shard)) "
