@@ -159,3 +159,18 @@ async def test_a_failing_prepared_first_statement_raises_and_leaves_connections_
             assert first_rows(conn) == [(8,)]
             await conn.execute(f"DELETE FROM {table}")
     assert await count_rows(platform, table) == 0
+
+
+async def test_a_statement_already_prepared_on_the_connection_is_used(
+    platform: Platform, make_tenant: Callable[..., Awaitable[Tenant]]
+) -> None:
+    """A connection that has the name prepared already (by someone else, or before tenantry
+    kept track of it) is not an error: the statement is used as it is."""
+    tenant = await make_tenant()
+    probe = Prepared("test_first_known", "SELECT $1::int + 1")
+    async with platform.db.cell().app_pool.connection() as conn:
+        await conn.execute(probe.prepare_sql())
+        pid = conn.info.backend_pid
+    async with platform.db.tenant_transaction(tenant.context(), first=probe.bind(41)) as conn:
+        assert conn.info.backend_pid == pid  # the pool lends its most recent connection first
+        assert first_rows(conn) == [(42,)]

@@ -45,7 +45,10 @@ class Prepared:
     claim) that costs the server more than the round trip saved by sending it with
     ``BEGIN``: the relay's claim took 1.24 ms of server CPU per round as text, 0.41 ms by
     name. ``statement`` uses ``$1``, ``$2``... for ``args``, which :meth:`bind` sets (they
-    are quoted into the ``EXECUTE``)."""
+    are quoted into the ``EXECUTE``). A name stands for one statement in a process: it is
+    what tells a connection that already prepared it. A connection whose ``search_path``
+    differs from the previous use (tenant transactions) has PostgreSQL parse it again; its
+    names must therefore be schema-qualified."""
 
     name: str
     statement: str
@@ -84,16 +87,21 @@ async def _open_with(
         cur = await conn.execute(f"{begin}; {first}")
     else:
         known = _prepared.setdefault(conn, set())
-        if first.name not in known:
-            await conn.execute(first.prepare_sql())
-            known.add(first.name)
-        try:
-            cur = await conn.execute(f"{begin}; {first.execute_sql()}")
-        except pg_errors.InvalidSqlStatementName:
-            # Deallocated behind tenantry's back (DISCARD ALL, DEALLOCATE): prepare again.
-            known.discard(first.name)
-            await conn.execute("ROLLBACK")
-            return await _open_with(conn, begin, first)
+        for retry in (True, False):
+            if first.name not in known:
+                with contextlib.suppress(pg_errors.DuplicatePreparedStatement):
+                    await conn.execute(first.prepare_sql())
+                known.add(first.name)
+            try:
+                cur = await conn.execute(f"{begin}; {first.execute_sql()}")
+                break
+            except pg_errors.InvalidSqlStatementName:
+                # Deallocated behind tenantry's back (DISCARD ALL, DEALLOCATE): prepare it
+                # again, once.
+                known.discard(first.name)
+                await conn.execute("ROLLBACK")
+                if not retry:
+                    raise
     while cur.nextset():  # the results of BEGIN and SET LOCAL come first
         pass
     return await cur.fetchall() if cur.description is not None else []
