@@ -33,6 +33,18 @@ async def _outbox(platform: Platform, event_type: str) -> list[dict[str, Any]]:
         return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
 
 
+async def _chained_in_publish_order(platform: Platform, tenant: Tenant, ids: list[UUID]) -> None:
+    """The tenant's chain holds exactly ``ids`` (payloads ``{"n": 0}``, ``{"n": 1}``...),
+    in that order, and verifies."""
+    entries = await platform.events.audit.entries(tenant.id, limit=len(ids) + 10)
+    assert [(e.position, e.event_id, e.payload) for e in entries] == [
+        (n + 1, event_id, {"n": n}) for n, event_id in enumerate(ids)
+    ]
+    report = await platform.events.audit.verify(tenant.id)
+    assert report.ok, report.problems
+    assert report.head_position == len(ids)
+
+
 async def test_publish_writes_the_envelope_in_the_callers_transaction(
     platform: Platform, make_tenant: MakeTenant
 ) -> None:
@@ -267,13 +279,7 @@ async def test_events_of_a_rolled_back_savepoint_stay_out_of_the_chain(
             async with conn.transaction():
                 kept.append(await platform.events.publish(kind, {"n": 3}))
     assert [row["event_id"] for row in await _outbox(platform, kind)] == kept
-    entries = await platform.events.audit.entries(tenant.id, limit=10)
-    assert [(e.position, e.event_id, e.payload) for e in entries] == [
-        (n + 1, event_id, {"n": n}) for n, event_id in enumerate(kept)
-    ]
-    report = await platform.events.audit.verify(tenant.id)
-    assert report.ok, report.problems
-    assert report.head_position == 4
+    await _chained_in_publish_order(platform, tenant, kept)
 
 
 async def test_a_transaction_publishing_for_two_tenants_in_turn_chains_each(
@@ -323,13 +329,7 @@ async def test_each_publish_call_joins_the_chain_once_whatever_its_size(
         )
         marks = [row[0] for row in await cur.fetchall()]
     assert marks == [600, *[None] * 599, 1, 3, None, None]
-    entries = await platform.events.audit.entries(tenant.id, limit=1000)
-    assert [(e.position, e.event_id, e.payload) for e in entries] == [
-        (n + 1, event_id, {"n": n}) for n, event_id in enumerate(ids)
-    ]
-    report = await platform.events.audit.verify(tenant.id)
-    assert report.ok, report.problems
-    assert report.head_position == 604
+    await _chained_in_publish_order(platform, tenant, ids)
 
 
 async def test_bootstrap_replaces_a_per_event_chain_trigger(platform: Platform) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,8 +56,11 @@ class Prepared:
     args: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.name or len(self.name.encode()) > _MAX_IDENTIFIER:
-            raise ValueError(f"not a usable statement name: {self.name!r}")
+        if not _STATEMENT_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"not a usable statement name: {self.name!r} (lower-case letters, digits and "
+                "underscores, at most 63)"
+            )
 
     def bind(self, *args: Any) -> Prepared:
         """This statement with ``args`` for its parameters."""
@@ -64,15 +68,18 @@ class Prepared:
 
     def prepare_sql(self) -> str:
         """``PREPARE name AS statement``."""
-        return f"PREPARE {sql.Identifier(self.name).as_string(None)} AS {self.statement}"
+        return f"PREPARE {self.name} AS {self.statement}"
 
     def execute_sql(self) -> str:
         """``EXECUTE name(args...)``, the arguments quoted in."""
-        name = sql.Identifier(self.name).as_string(None)
         if not self.args:
-            return f"EXECUTE {name}"
+            return f"EXECUTE {self.name}"
         values = ", ".join(sql.Literal(a).as_string(None) for a in self.args)
-        return f"EXECUTE {name}({values})"
+        return f"EXECUTE {self.name}({values})"
+
+
+# A name that needs no quoting (so none is done per transaction).
+_STATEMENT_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 # The names each connection has prepared (a connection that is closed and dropped leaves).

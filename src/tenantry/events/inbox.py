@@ -16,35 +16,7 @@ from psycopg import AsyncConnection
 
 from tenantry.db.transaction import Prepared
 
-
-async def claim(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bool:
-    """Record the event as handled by ``consumer`` in ``conn``'s transaction; ``False``
-    when it already was."""
-    cur = await conn.execute(
-        "INSERT INTO tenantry.inbox (consumer, event_id) VALUES (%s, %s) "
-        "ON CONFLICT (consumer, event_id) DO NOTHING",
-        (consumer, event_id),
-    )
-    return cur.rowcount == 1
-
-
-async def claim_many(
-    conn: AsyncConnection[Any], consumer: str, event_ids: Sequence[UUID]
-) -> set[UUID]:
-    """:func:`claim` for several events in one round trip: the ids newly recorded (an id
-    missing from the result was handled before, or appears earlier in ``event_ids``)."""
-    if not event_ids:
-        return set()
-    cur = await conn.execute(
-        "INSERT INTO tenantry.inbox (consumer, event_id) "
-        "SELECT %s, unnest(%s::uuid[]) ON CONFLICT (consumer, event_id) DO NOTHING "
-        "RETURNING event_id",
-        (consumer, list(event_ids)),
-    )
-    return {row[0] for row in await cur.fetchall()}
-
-
-_CLAIM_MANY = Prepared(
+_CLAIM = Prepared(
     "tenantry_inbox_claim",
     "INSERT INTO tenantry.inbox (consumer, event_id) SELECT $1::text, unnest($2::uuid[]) "
     "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
@@ -52,14 +24,16 @@ _CLAIM_MANY = Prepared(
 
 
 def claim_statement(consumer: str, event_ids: Sequence[UUID]) -> Prepared:
-    """:func:`claim_many` as a prepared statement with its values bound, to ride in the
-    message that opens the handler's transaction (``tenant_transaction(ctx, first=...)``)
-    instead of taking a round trip of its own. Its rows are the ids newly recorded."""
+    """The statement that records ``event_ids`` as handled by ``consumer``, prepared, its
+    values bound, to ride in the message that opens the handler's transaction
+    (``tenant_transaction(ctx, first=...)``) instead of taking a round trip of its own.
+    Its rows are the ids newly recorded (an id missing from them was handled before, or
+    appears earlier in ``event_ids``)."""
     if not event_ids:
         raise ValueError("no event ids to claim")
     if not all(isinstance(event_id, UUID) for event_id in event_ids):
         raise TypeError("event ids must be UUIDs")
-    return _CLAIM_MANY.bind(consumer, "{" + ",".join(map(str, event_ids)) + "}")
+    return _CLAIM.bind(consumer, "{" + ",".join(map(str, event_ids)) + "}")
 
 
 async def handled(conn: AsyncConnection[Any], consumer: str, event_id: UUID) -> bool:
