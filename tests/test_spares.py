@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from uuid import uuid4
 
 import psycopg
 import pytest
@@ -271,6 +272,46 @@ async def test_claims_without_waiting_for_the_wal_flush_are_still_atomic(
         async with platform.db.cell().owner_pool.connection() as conn:
             cur = await conn.execute("SHOW synchronous_commit")
             assert await cur.fetchone() == ("on",)
+    finally:
+        await platform.stop()
+
+
+@pytest.mark.parametrize("earlier_commits", range(6))
+async def test_a_failed_claim_without_the_wal_flush_leaves_its_connection_usable(
+    make_database, settings: Settings, earlier_commits: int
+) -> None:
+    """A claim with ``synchronous_claims`` off goes as one pipeline (``BEGIN``, ``SET
+    LOCAL``, the claim, ``COMMIT``). When the claim fails, PostgreSQL skips the ``COMMIT``
+    after it; that must not leave the connection believing it has prepared a statement it
+    has not, whichever use of ``COMMIT`` on that connection the failed one was (psycopg
+    prepares a statement on its fifth use). Afterwards the connection still commits and
+    claims."""
+    tuned = replace(
+        settings.with_database_url(make_database("tenantry_spares_pipeline")),
+        provisioning=ProvisioningSettings(spare_schemas=2, synchronous_claims=False),
+    )
+    platform = Platform(tuned, HR_SCHEMA)
+    await platform.start(listen=False)
+    try:
+        assert platform.spares is not None
+        await platform.spares.fill()
+        taken = await platform.tenants.create(unique_slug())
+        pool = platform.db.cell().owner_pool
+        async with pool.connection() as conn:
+            for _ in range(earlier_commits):
+                await conn.execute("BEGIN")
+                await conn.execute("COMMIT")
+            clash = replace(taken, id=uuid4())  # same slug: the catalog refuses it
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                await platform.spares.claim(conn, clash, "test")
+            await conn.execute("ROLLBACK")
+            for _ in range(6):
+                await conn.execute("BEGIN")
+                await conn.execute("COMMIT")
+            fresh = replace(taken, id=uuid4(), slug=unique_slug())
+            assert await platform.spares.claim(conn, fresh, "test") is not None
+            await conn.execute("BEGIN")
+            await conn.execute("COMMIT")
     finally:
         await platform.stop()
 

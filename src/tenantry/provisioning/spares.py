@@ -151,7 +151,12 @@ class SparePool:
                 await conn.execute("BEGIN")
                 await conn.execute("SET LOCAL synchronous_commit = off", prepare=True)
                 cur = await conn.execute(CLAIM_SQL, params, prepare=True)
-                await conn.execute("COMMIT")
+                # Never prepared here: if the claim fails, PostgreSQL skips this COMMIT,
+                # and a COMMIT that psycopg chose to prepare on this use (its fifth on the
+                # connection) would stay recorded as prepared though it never was; every
+                # later COMMIT on the connection would then fail ("prepared statement
+                # _pg3_N does not exist").
+                await conn.execute("COMMIT", prepare=False)
         row = await cur.fetchone()
         if not row:
             return None
