@@ -66,6 +66,7 @@ from tenantry.catalog import Tenant
 from tenantry.events import Event, EventHandlers, NewEvent
 from tenantry.events.kafka import DeliveryTracker, TopicAdmin, flush_all, producer_config
 from tenantry.events.relay import OutboxRelay, Record
+from tenantry.process import freeze_startup_heap
 
 DEFAULT_KAFKA = "127.0.0.1:19092"
 TENANTS = 8
@@ -288,6 +289,7 @@ async def latency(
         handled[str(event.id)] = time.time()
 
     consumer = platform.events.consumer(group, handlers)
+    freeze_startup_heap()  # as `tenantry consume` does once started
     tasks = [asyncio.create_task(consumer.run())]
     env = {
         "DATABASE_URL": platform.settings.database.url,

@@ -20,6 +20,7 @@ from tenantry.errors import ConfigurationError
 from tenantry.events import AuditReport, EventHandlers
 from tenantry.observability.logging import configure_logging
 from tenantry.platform import Platform
+from tenantry.process import freeze_startup_heap
 from tenantry.settings import Settings
 
 console = Console()
@@ -67,7 +68,9 @@ def relay(data_dir: str | None) -> None:
                 "outbox directly and no relay is needed"
             )
         platform.observability.serve_metrics()  # TENANTRY_METRICS_PORT: outbox lag et al.
-        await _until_signalled(platform.events.relay().run())
+        relay = platform.events.relay()
+        freeze_startup_heap()  # start-up is done: full collections skip its objects
+        await _until_signalled(relay.run())
 
     _run(data_dir, action)
 
@@ -106,6 +109,7 @@ def consume(app: str, group: str | None, data_dir: str | None) -> None:
             err=True,
         )
         platform.observability.serve_metrics()  # TENANTRY_METRICS_PORT: consumer lag et al.
+        freeze_startup_heap()  # start-up is done: full collections skip its objects
         await _until_signalled(consumer.run())
 
     _run(data_dir, action)
