@@ -10,9 +10,9 @@ enough to push every event that arrived meanwhile past the p99.
 
 :func:`freeze_startup_heap`, called once start-up is done, moves the objects alive then into
 the collector's permanent generation (:func:`gc.freeze`): full collections visit only what
-was created since. ``tenantry consume`` and ``tenantry relay`` call it; a process that runs
-a consumer or relay of its own (``platform.events.consumer(...).run()``) should call it
-too, once its start-up is done.
+was created since. ``tenantry consume``, ``tenantry relay`` and ``tenantry up`` call it; a
+process that runs a consumer or relay of its own (``platform.events.consumer(...).run()``)
+should call it too, once its start-up is done.
 """
 
 from __future__ import annotations

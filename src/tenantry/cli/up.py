@@ -32,6 +32,7 @@ from tenantry.cli.runtime import (
 )
 from tenantry.devstack import PostgresService, ValkeyService
 from tenantry.platform import Platform
+from tenantry.process import freeze_startup_heap
 from tenantry.settings import Settings
 from tenantry.web.auth import TokenService
 
@@ -155,6 +156,9 @@ def up(
                 app, host=host, port=port, log_level="info", log_config=None, access_log=False
             )
         )
+        # Imports and the app are built: full collections skip them from now on (the API
+        # process also runs the app's consumers when no Kafka is configured).
+        freeze_startup_heap()
         # uvicorn re-raises Ctrl-C after a graceful shutdown; that is a clean stop.
         with contextlib.suppress(KeyboardInterrupt):
             server.run()
