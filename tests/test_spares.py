@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from uuid import uuid4
 
@@ -244,19 +246,31 @@ async def test_a_claim_killed_mid_statement_leaves_the_spare_in_stock(
     assert tenant.schema_name == spare
 
 
+@asynccontextmanager
+async def _relaxed_platform(
+    make_database: Callable[[str], str], settings: Settings, *, spares: int
+) -> AsyncIterator[Platform]:
+    """A started platform on a fresh database whose claims do not wait for the WAL flush
+    (``synchronous_claims`` off), keeping ``spares`` in stock."""
+    tuned = replace(
+        settings.with_database_url(make_database("tenantry_spares_relaxed")),
+        provisioning=ProvisioningSettings(spare_schemas=spares, synchronous_claims=False),
+    )
+    platform = Platform(tuned, HR_SCHEMA)
+    await platform.start(listen=False)
+    try:
+        yield platform
+    finally:
+        await platform.stop()
+
+
 async def test_claims_without_waiting_for_the_wal_flush_are_still_atomic(
     make_database, settings: Settings
 ) -> None:
     """With ``synchronous_claims`` off a claim runs in its own transaction with
     ``synchronous_commit = off``: concurrent sign-ups still get distinct spares, a failed
     one still leaves its spare in stock, and the setting does not leak to the connection."""
-    tuned = replace(
-        settings.with_database_url(make_database("tenantry_spares_async")),
-        provisioning=ProvisioningSettings(spare_schemas=6, synchronous_claims=False),
-    )
-    platform = Platform(tuned, HR_SCHEMA)
-    await platform.start(listen=False)
-    try:
+    async with _relaxed_platform(make_database, settings, spares=6) as platform:
         assert platform.spares is not None
         assert not platform.spares.synchronous
         await platform.spares.fill()
@@ -272,8 +286,6 @@ async def test_claims_without_waiting_for_the_wal_flush_are_still_atomic(
         async with platform.db.cell().owner_pool.connection() as conn:
             cur = await conn.execute("SHOW synchronous_commit")
             assert await cur.fetchone() == ("on",)
-    finally:
-        await platform.stop()
 
 
 @pytest.mark.parametrize("earlier_commits", range(6))
@@ -286,13 +298,7 @@ async def test_a_failed_claim_without_the_wal_flush_leaves_its_connection_usable
     has not, whichever use of ``COMMIT`` on that connection the failed one was (psycopg
     prepares a statement on its fifth use). Afterwards the connection still commits and
     claims."""
-    tuned = replace(
-        settings.with_database_url(make_database("tenantry_spares_pipeline")),
-        provisioning=ProvisioningSettings(spare_schemas=2, synchronous_claims=False),
-    )
-    platform = Platform(tuned, HR_SCHEMA)
-    await platform.start(listen=False)
-    try:
+    async with _relaxed_platform(make_database, settings, spares=2) as platform:
         assert platform.spares is not None
         await platform.spares.fill()
         taken = await platform.tenants.create(unique_slug())
@@ -312,8 +318,6 @@ async def test_a_failed_claim_without_the_wal_flush_leaves_its_connection_usable
             assert await platform.spares.claim(conn, fresh, "test") is not None
             await conn.execute("BEGIN")
             await conn.execute("COMMIT")
-    finally:
-        await platform.stop()
 
 
 async def test_a_sign_up_from_a_spare_is_announced_after_it_commits(
