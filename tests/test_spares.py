@@ -14,7 +14,7 @@ import pytest
 from hr_example import HR_SCHEMA
 from tenantry import Platform, SchemaStep, Settings, TenantSchema
 from tenantry.catalog import TenantExistsError
-from tenantry.provisioning.spares import CLAIM_SQL
+from tenantry.provisioning.spares import CLAIM_SQL, RELAXED_CLAIM_SQL
 from tenantry.settings import ProvisioningSettings
 from tests.conftest import unique_slug
 
@@ -288,15 +288,54 @@ async def test_claims_without_waiting_for_the_wal_flush_are_still_atomic(
             assert await cur.fetchone() == ("on",)
 
 
+async def _setting_at_commit(platform: Platform) -> list[str]:
+    """Sign up one tenant from a spare; the ``synchronous_commit`` its claim's transaction
+    had when it committed, as a deferred trigger (run by the COMMIT itself) saw it."""
+    assert platform.spares is not None
+    async with platform.db.cell().owner_pool.connection() as conn:
+        await conn.execute(
+            """
+            CREATE TABLE public.seen_at_commit (setting text);
+            CREATE FUNCTION public.record_setting() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO public.seen_at_commit VALUES (current_setting('synchronous_commit'));
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER record_setting AFTER INSERT ON tenantry.tenants
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+                EXECUTE FUNCTION public.record_setting();
+            """
+        )
+    await platform.spares.fill(1)
+    tenant = await platform.tenants.create(unique_slug())
+    assert tenant.schema_name.startswith("ts_")  # a claim, not a build
+    async with platform.db.cell().owner_pool.connection() as conn:
+        cur = await conn.execute("SELECT setting FROM public.seen_at_commit")
+        return [str(row[0]) for row in await cur.fetchall()]
+
+
+async def test_a_claim_commits_without_waiting_for_the_wal_flush_only_when_told(
+    make_database, settings: Settings, spare_platform: Platform
+) -> None:
+    """With ``synchronous_claims`` off the claim is still one prepared statement, and its
+    transaction commits with ``synchronous_commit = off`` (what decides whether a COMMIT
+    waits for its WAL flush); by default it commits with the server's setting, ``on``."""
+    assert RELAXED_CLAIM_SQL != CLAIM_SQL
+    assert "set_config" in RELAXED_CLAIM_SQL
+    assert await _setting_at_commit(spare_platform) == ["on"]
+    async with _relaxed_platform(make_database, settings, spares=1) as platform:
+        assert await _setting_at_commit(platform) == ["off"]
+
+
 @pytest.mark.parametrize("earlier_commits", range(6))
 async def test_a_failed_claim_without_the_wal_flush_leaves_its_connection_usable(
     make_database, settings: Settings, earlier_commits: int
 ) -> None:
-    """A claim with ``synchronous_claims`` off goes as one pipeline (``BEGIN``, ``SET
-    LOCAL``, the claim, ``COMMIT``). When the claim fails, PostgreSQL skips the ``COMMIT``
-    after it; that must not leave the connection believing it has prepared a statement it
-    has not, whichever use of ``COMMIT`` on that connection the failed one was (psycopg
-    prepares a statement on its fifth use). Afterwards the connection still commits and
+    """A claim with ``synchronous_claims`` off that fails (the slug is taken) leaves its
+    connection usable, whichever use of ``COMMIT`` on that connection came before it
+    (psycopg prepares a statement on its fifth use; an earlier form of this claim, a
+    ``BEGIN`` ... ``COMMIT`` pipeline, once left a connection believing it had prepared a
+    ``COMMIT`` PostgreSQL had skipped). Afterwards the connection still commits and
     claims."""
     async with _relaxed_platform(make_database, settings, spares=2) as platform:
         assert platform.spares is not None
