@@ -335,16 +335,21 @@ def _spawn(args: list[str], env: dict[str, str], *, piped: bool = False) -> subp
 async def latency(
     platform: Platform, tenants: list[Tenant], args: Any, group: str
 ) -> tuple[list[float], float]:
-    """Commit-to-handler latencies (ms): a publisher process, a relay process (Kafka mode)
-    and this process's consumer, as they would run in production."""
+    """Handler latencies (ms) and the rate reached: publisher processes (or pgbench, with
+    ``--load pgbench``), a relay process (Kafka mode) and this process's consumer, as they
+    would run in production. Events are timed from their COMMIT returning (or, from
+    pgbench, from being written) to their handler starting."""
     handled: dict[str, float] = {}
     occurred: dict[str, float] = {}
+    from_write = args.load == "pgbench"
     handlers = EventHandlers(group)
 
     @handlers.on("latency.probe")
     async def probe(event: Event, conn: AsyncConnection[Any]) -> None:
-        handled[str(event.id)] = time.time()
-        occurred[str(event.id)] = event.occurred_at.timestamp()
+        key = str(event.id)
+        handled[key] = time.time()
+        if from_write:  # pgbench's events are timed from their occurred-at
+            occurred[key] = event.occurred_at.timestamp()
 
     consumer = platform.events.consumer(group, handlers)
     freeze_startup_heap()  # as `tenantry consume` does once started
@@ -368,63 +373,10 @@ async def latency(
     try:
         await asyncio.wait_for(consumer.active.wait(), 60)
         await asyncio.sleep(2.0)  # the relay's start-up
-        if args.load == "pgbench":
+        if from_write:
             committed, achieved = await _pgbench_load(platform, tenants, args, occurred)
-            await _until(lambda: committed.keys() <= handled.keys(), 30.0)
-            note(
-                f"pgbench published {len(committed)} in the window at {achieved:,.0f}/s; "
-                f"handled {len(committed.keys() & handled.keys())}"
-            )
-            return [
-                (handled[k] - t) * 1000.0 for k, t in committed.items() if k in handled
-            ], achieved
-        # Several publisher processes share the rate: one Python process cannot publish
-        # 1,000 transactions a second on a small machine.
-        publishers = [
-            _spawn(
-                [
-                    sys.executable,
-                    __file__,
-                    "--publisher",
-                    out.name,
-                    "--rate",
-                    str(args.rate / args.publishers),
-                    "--seconds",
-                    str(args.seconds),
-                    "--per-tx",
-                    str(args.per_tx),
-                    "--lead-in",
-                    str(args.lead_in),
-                    *(["--alone"] if args.alone else []),
-                    "--tenants",
-                    ",".join(t.slug for t in tenants),
-                ],
-                env,
-                piped=True,
-            )
-            for out in outs
-        ]
-        for publisher in publishers:  # every one started and warmed up ...
-            assert publisher.stdout is not None
-            line = await asyncio.to_thread(publisher.stdout.readline)
-            if line.strip() != b"ready":
-                raise SystemExit(f"a publisher process did not start ({line!r})")
-        await asyncio.sleep(1.0)  # ... and its warm-up events through
-        for publisher in publishers:  # then all go at once
-            assert publisher.stdin is not None
-            publisher.stdin.write(b"go\n")
-            publisher.stdin.flush()
-        for publisher in publishers:
-            code = await asyncio.to_thread(publisher.wait)
-            if code != 0:
-                raise SystemExit(f"a publisher process failed ({code})")
-        starts, ends = [], []
-        for out in outs:
-            document = json.loads(await asyncio.to_thread(out.read_text))
-            committed.update(document["committed"])
-            starts.append(document["started"])
-            ends.append(document["ended"])
-        achieved = len(committed) / (max(ends) - min(starts))
+        else:
+            committed, achieved = await _python_load(tenants, args, env, outs)
         await _until(lambda: committed.keys() <= handled.keys(), 30.0)
         note(
             f"published {len(committed)} at {achieved:,.0f}/s; "
@@ -442,6 +394,62 @@ async def latency(
         for out in outs:
             await asyncio.to_thread(out.unlink, missing_ok=True)
     return [(handled[k] - t) * 1000.0 for k, t in committed.items() if k in handled], achieved
+
+
+async def _python_load(
+    tenants: list[Tenant], args: Any, env: dict[str, str], outs: list[Path]
+) -> tuple[dict[str, float], float]:
+    """Publish at the rate from ``args.publishers`` Python publisher processes (the
+    default load), started and warmed up first, then all at once. Returns the timed
+    events as ``{event id: COMMIT-returned time}`` and the rate reached."""
+    # Several publisher processes share the rate: one Python process cannot publish
+    # 1,000 transactions a second on a small machine.
+    publishers = [
+        _spawn(
+            [
+                sys.executable,
+                __file__,
+                "--publisher",
+                out.name,
+                "--rate",
+                str(args.rate / args.publishers),
+                "--seconds",
+                str(args.seconds),
+                "--per-tx",
+                str(args.per_tx),
+                "--lead-in",
+                str(args.lead_in),
+                *(["--alone"] if args.alone else []),
+                "--tenants",
+                ",".join(t.slug for t in tenants),
+            ],
+            env,
+            piped=True,
+        )
+        for out in outs
+    ]
+    for publisher in publishers:  # every one started and warmed up ...
+        assert publisher.stdout is not None
+        line = await asyncio.to_thread(publisher.stdout.readline)
+        if line.strip() != b"ready":
+            raise SystemExit(f"a publisher process did not start ({line!r})")
+    await asyncio.sleep(1.0)  # ... and its warm-up events through
+    for publisher in publishers:  # then all go at once
+        assert publisher.stdin is not None
+        publisher.stdin.write(b"go\n")
+        publisher.stdin.flush()
+    for publisher in publishers:
+        code = await asyncio.to_thread(publisher.wait)
+        if code != 0:
+            raise SystemExit(f"a publisher process failed ({code})")
+    committed: dict[str, float] = {}
+    starts, ends = [], []
+    for out in outs:
+        document = json.loads(await asyncio.to_thread(out.read_text))
+        committed.update(document["committed"])
+        starts.append(document["started"])
+        ends.append(document["ended"])
+    return committed, len(committed) / (max(ends) - min(starts))
 
 
 async def _pgbench_load(
