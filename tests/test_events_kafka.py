@@ -339,6 +339,75 @@ async def test_two_relays_at_once_deliver_everything_in_tenant_order(
         assert seen[tenant.id] == published[tenant.id]
 
 
+async def _trickle(
+    platform: Platform, relay: OutboxRelay, tenant: Tenant, kind: str
+) -> tuple[int, float]:
+    """Publish 40 single-event transactions 25 ms apart while ``relay`` runs; the rounds it
+    took to relay them all (checked), and the seconds from the first publish to the last
+    event relayed."""
+    await _drain(relay)  # rows other tests left behind
+    async with running(relay.run):
+        await asyncio.wait_for(relay.listening.wait(), 30)
+        await asyncio.sleep(0.3)  # the first, empty round is over
+        start = time.monotonic()
+        for i in range(40):
+            await _publish(platform, tenant, kind, 1, i)
+            await asyncio.sleep(0.025)
+        await wait_for(lambda: _value(relay.relayed, 40), what="relayed")
+        seconds = time.monotonic() - start
+    assert relay.relayed == 40
+    return relay.rounds, seconds
+
+
+async def test_a_relay_paces_its_rounds_while_events_trickle_in(
+    kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
+) -> None:
+    """Events that come one transaction at a time are relayed in rounds at most
+    ``relay_interval`` apart, each taking what was committed meanwhile (in order); with no
+    interval, each wake-up starts a round of its own."""
+    tenant = await make_tenant("kfk")
+    fam = family()
+    kind = f"{fam}.tick"
+    settings = kafka_platform.settings.events
+    paced, seconds = await _trickle(
+        kafka_platform,
+        OutboxRelay(kafka_platform.db, replace(settings, relay_interval=0.25)),
+        tenant,
+        kind,
+    )
+    unpaced, _ = await _trickle(
+        kafka_platform,
+        OutboxRelay(kafka_platform.db, replace(settings, relay_interval=0.0)),
+        tenant,
+        f"{fam}.tock",
+    )
+    # At most one round per 0.25 s (wait_for looks every 50 ms: one more at most).
+    assert 2 <= paced <= seconds / 0.25 + 2, (paced, seconds)
+    assert unpaced >= 3 * paced, (unpaced, paced)
+    topic = kafka_platform.settings.events.topic_prefix + fam
+    records = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, 80)
+    numbers = [json.loads(r.value())["n"] for r in records]
+    assert numbers == [*range(40), *range(40)]  # each run's events in publishing order
+
+
+async def test_a_backlog_is_not_paced(kafka_platform: Platform, make_tenant: MakeTenant) -> None:
+    """Full rounds follow each other at once, whatever ``relay_interval`` says: a relay
+    that starts on a backlog drains it without waiting between rounds."""
+    tenant = await make_tenant("kfk")
+    kind = f"{family()}.tick"
+    settings = replace(kafka_platform.settings.events, relay_batch=5, relay_interval=60.0)
+    relay = OutboxRelay(kafka_platform.db, settings)
+    await _drain(relay)
+    await _publish(kafka_platform, tenant, kind, 3 * 5 * CLAIMS_PER_ROUND + 2)
+    async with running(relay.run):
+        await wait_for(
+            lambda: _value(relay.relayed, 3 * 5 * CLAIMS_PER_ROUND + 2),
+            seconds=30,
+            what="the backlog relayed (well within one 60 s interval)",
+        )
+    assert relay.rounds == 4  # three rounds of full claims, then the rest
+
+
 def _committed(bootstrap: str, group: str, topic: str) -> int:
     """How many records ``group`` has committed past, over ``topic``'s three partitions."""
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})

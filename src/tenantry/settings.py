@@ -271,7 +271,11 @@ class EventsSettings:
     ``commit_interval``: seconds between a Kafka consumer's offset commits while records
     flow (it also commits whenever a poll finds nothing new, and when it stops); offsets
     only ever cover handled records, so a consumer that dies replays at most this much,
-    which the inbox absorbs. 0 commits after every poll.
+    which the inbox absorbs. 0 commits after every poll. ``relay_interval``: the least
+    seconds between the starts of two relay rounds while events trickle in (under a backlog
+    full rounds follow each other at once): each round then carries the events of that
+    interval, and the relay, the broker and the consumers pay per round, not per event,
+    for at most this much added latency. 0 starts a round on every wake-up.
     """
 
     kafka_bootstrap: str | None = None
@@ -286,6 +290,7 @@ class EventsSettings:
     consume_in_app: bool = True
     log_retention: float = 7 * 86_400.0
     commit_interval: float = 0.2
+    relay_interval: float = 0.01
 
 
 DEFAULT_REDACTED_KEYS = (
@@ -510,6 +515,7 @@ def _events_settings(env: Mapping[str, str]) -> EventsSettings:
         consume_in_app=_bool(env, "TENANTRY_EVENTS_CONSUME_IN_APP", kafka is None),
         log_retention=_float(env, "TENANTRY_EVENTS_LOG_RETENTION", 7 * 86_400.0),
         commit_interval=max(0.0, _float(env, "TENANTRY_EVENTS_COMMIT_INTERVAL", 0.2)),
+        relay_interval=max(0.0, _float(env, "TENANTRY_EVENTS_RELAY_INTERVAL", 0.01)),
     )
 
 
