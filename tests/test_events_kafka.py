@@ -315,16 +315,20 @@ async def test_two_relays_at_once_deliver_everything_in_tenant_order(
     tenants = [await make_tenant("kfk") for _ in range(4)]
     fam = family()
     kind = f"{fam}.tick"
-    settings = replace(kafka_platform.settings.events, relay_batch=50)
+    # Rounds on every wake-up, of small claims: each relay is often between rounds.
+    settings = replace(kafka_platform.settings.events, relay_batch=20, relay_interval=0.0)
     first = OutboxRelay(kafka_platform.db, settings)
     second = OutboxRelay(kafka_platform.db, settings)
     published: dict[UUID, list[UUID]] = {t.id: [] for t in tenants}
     async with running(first.run), running(second.run):
+        for relay in (first, second):
+            await asyncio.wait_for(relay.listening.wait(), 30)
         for round_ in range(10):
             for tenant in tenants:
                 published[tenant.id] += await _publish(
                     kafka_platform, tenant, kind, 20, round_ * 20
                 )
+            await asyncio.sleep(0.01)  # waves apart: whichever relay is idle takes the next
         total = sum(len(v) for v in published.values())
         await wait_for(lambda: _value(first.relayed + second.relayed, total), what="relayed")
     assert first.relayed > 0

@@ -67,6 +67,15 @@ def test_from_env_parses_every_documented_variable() -> None:
     assert Settings.from_env({}).provisioning.synchronous_claims is True
 
 
+def test_the_relay_interval_is_read_in_seconds_and_never_negative() -> None:
+    """``TENANTRY_EVENTS_RELAY_INTERVAL``: 10 ms unless set; a negative value is refused."""
+    assert Settings.from_env({}).events.relay_interval == 0.01
+    read = Settings.from_env({"TENANTRY_EVENTS_RELAY_INTERVAL": "0.05"}).events
+    assert read.relay_interval == 0.05
+    with pytest.raises(ConfigurationError, match="TENANTRY_EVENTS_RELAY_INTERVAL"):
+        Settings.from_env({"TENANTRY_EVENTS_RELAY_INTERVAL": "-1"})
+
+
 def test_empty_values_mean_unset() -> None:
     """An empty variable falls back to the default instead of failing or meaning ''."""
     settings = Settings.from_env(

@@ -515,7 +515,7 @@ def _events_settings(env: Mapping[str, str]) -> EventsSettings:
         consume_in_app=_bool(env, "TENANTRY_EVENTS_CONSUME_IN_APP", kafka is None),
         log_retention=_float(env, "TENANTRY_EVENTS_LOG_RETENTION", 7 * 86_400.0),
         commit_interval=max(0.0, _float(env, "TENANTRY_EVENTS_COMMIT_INTERVAL", 0.2)),
-        relay_interval=max(0.0, _float(env, "TENANTRY_EVENTS_RELAY_INTERVAL", 0.01)),
+        relay_interval=_float(env, "TENANTRY_EVENTS_RELAY_INTERVAL", 0.01),
     )
 
 

@@ -7,11 +7,12 @@ only then commits the delete. A relay that dies mid-batch (SIGKILL, lost broker)
 back: the rows are claimed again and sent again, so delivery is at least once and the
 consumers' inbox makes it exactly once in effect.
 
-Under a backlog a round is pipelined: when a claim came back full, the next claim runs in
-the same transaction while Kafka is still acknowledging the records of the previous one
-(up to :data:`CLAIMS_PER_ROUND` claims), so the database and the broker work at the same
-time instead of taking turns. One commit then covers them all, after every record of the
-round was acknowledged.
+Under a backlog a round is pipelined: when a claim came back full, the next claim (up to
+:data:`CLAIMS_PER_ROUND` in the round) goes to the server at once, in the same
+transaction, and runs there while this process builds and produces the full claim's
+records and Kafka acknowledges them, so the database, the relay and the broker work at
+the same time instead of taking turns. One commit then covers them all, after every
+record of the round was acknowledged.
 
 Several relays may run at once: a relay only takes rows of tenant shards it holds a
 transaction-scoped advisory lock on (``pg_try_advisory_xact_lock``), so one tenant's
@@ -27,6 +28,7 @@ benchmark machine's two, paced 0.79-0.89 (``bench/events.py``; see the README).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import inspect
@@ -195,24 +197,34 @@ class OutboxRelay:
         # The round's first claim rides in the message that opens its transaction.
         async with self.db.transaction(cell=self.cell, first=self._first_claim) as conn:
             acknowledged: list[Awaitable[None]] = []
+            following: asyncio.Task[list[Any]] | None = None
             try:
                 rows = self._claimed(first_rows(conn))
                 while rows:
+                    if len(rows) >= self.settings.relay_batch and (
+                        len(acknowledged) + 1 < CLAIMS_PER_ROUND
+                    ):
+                        # A full claim: the next one goes to the server now, and the
+                        # server runs it while this one's records are built and produced
+                        # (they are produced first: the order holds).
+                        following = asyncio.ensure_future(self.claim(conn))
+                        await asyncio.sleep(0)  # sent
                     await self.topics.ensure({row[5] for row in rows})
                     records = [self.record(row) for row in rows]
                     acknowledged.append(await self.send(records))
                     moved += rows
-                    if len(rows) < self.settings.relay_batch or len(acknowledged) >= (
-                        CLAIMS_PER_ROUND
-                    ):
+                    if following is None:
                         break
-                    rows = await self.claim(conn)  # Kafka sends the last claim meanwhile
+                    rows, following = await following, None  # Kafka sends meanwhile
                 for done in acknowledged:
                     await done
             except KafkaUnavailableError:
                 self.discard()  # the round rolls back and is claimed again
                 raise
             finally:
+                if following is not None:  # let it finish: the connection is then free
+                    with contextlib.suppress(Exception):
+                        await following
                 for done in acknowledged:  # any not awaited: closed without a warning
                     if inspect.iscoroutine(done):
                         done.close()
