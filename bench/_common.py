@@ -223,6 +223,68 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": percentile(values, 50), "min": min(values), "max": max(values)}
 
 
+# -- CPU of processes on this machine ---------------------------------------------------------
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used, from ``/proc``
+    (Linux), or NaN if it cannot be read (gone, or no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    return _stat_cpu(stat)
+
+
+def _stat_cpu(stat: str) -> float:
+    fields = stat.rsplit(") ", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CpuSnapshot = dict[tuple[str, int], float]
+"""CPU seconds used so far, per (part, process id); ``("machine", 0)``: all CPUs' busy time."""
+
+
+def cpu_by_part(part_of: Callable[[int, str], str | None]) -> CpuSnapshot:
+    """CPU seconds used so far by each process of a system running on this machine that
+    ``part_of(pid, command name)`` names a part of, plus the busy seconds of every CPU
+    (``/proc/stat``). Take it before and after a window; :func:`cpu_shares` tells each
+    part's share. Empty without ``/proc``."""
+    snapshot: CpuSnapshot = {}
+    try:
+        entries = list(Path("/proc").iterdir())
+        first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return snapshot
+    ticks = [int(v) for v in first]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    snapshot["machine", 0] = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(entry.name)
+        part = part_of(pid, stat[stat.find("(") + 1 : stat.rfind(")")])
+        if part is not None:
+            snapshot[part, pid] = _stat_cpu(stat)
+    return snapshot
+
+
+def cpu_shares(before: CpuSnapshot, after: CpuSnapshot, seconds: float) -> dict[str, float]:
+    """Each part's CPU between two snapshots ``seconds`` apart, in % of one core
+    (``machine``: of all CPUs together, up to 100 % times their number). A process that
+    started in between counts in full; one that ended in between is missing (its CPU
+    cannot be read any more)."""
+    shares: dict[str, float] = {}
+    if seconds <= 0:
+        return shares
+    for (part, pid), used in after.items():
+        spent = used - before.get((part, pid), 0.0)
+        shares[part] = shares.get(part, 0.0) + 100.0 * spent / seconds
+    return shares
+
+
 # -- output ---------------------------------------------------------------------------------
 def note(message: str) -> None:
     """A progress line on stderr (stdout carries only the report)."""

@@ -15,7 +15,6 @@ tenant's chain is verified at the end.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from _common import (
     note,
     percentile,
     print_table,
+    process_cpu_seconds,
     public_config,
     rotated,
     throwaway_database,
@@ -79,16 +79,6 @@ async def run(url: str, sizes: list[int], args: Any) -> tuple[dict[str, Any], in
     return results, entries
 
 
-def _backend_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) the server process ``pid`` has used, from ``/proc``
-    (the server runs on this machine), or NaN if it cannot be read."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(url: str, ids: list[Any], sizes: list[int], args: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with psycopg.connect(url, autocommit=True) as conn:
@@ -103,10 +93,10 @@ def measure(url: str, ids: list[Any], sizes: list[int], args: Any) -> dict[str, 
                 for variant in rotated(list(runs), round_):
                     state = "ENABLE" if variant == "chain" else "DISABLE"
                     conn.execute(f"ALTER TABLE tenantry.outbox {state} TRIGGER outbox_audit_chain")
-                    start, used = time.perf_counter(), _backend_cpu_s(pid)
+                    start, used = time.perf_counter(), process_cpu_seconds(pid)
                     conn.execute("CALL public.bench_publish(%s, %s, %s)", (transactions, size, ids))
                     runs[variant].append((time.perf_counter() - start) * 1000 / transactions)
-                    cpu[variant].append((_backend_cpu_s(pid) - used) * 1000 / transactions)
+                    cpu[variant].append((process_cpu_seconds(pid) - used) * 1000 / transactions)
                     conn.execute("TRUNCATE tenantry.outbox")
             conn.execute("ALTER TABLE tenantry.outbox ENABLE TRIGGER outbox_audit_chain")
             with_chain = percentile(runs["chain"], 50)

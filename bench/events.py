@@ -11,23 +11,33 @@ Measured in one run, on one broker and one PostgreSQL (real ones, on loopback):
    rate.
 3. **End-to-end latency** (``--latency-runs`` runs per path, medians reported: one run's
    p99 moves a lot on a shared machine): events published at a steady rate (``--per-tx``
-   per transaction, one by default), each timed from its transaction's COMMIT returning
-   to its handler starting, through relay,
-   Kafka and a tenantry consumer (inbox, tenant transaction), all in this process. Also
-   through the embedded mode (no broker: the consumer reads the outbox). The publisher
-   processes start, warm up (untimed events the consumer has no handler for) and then
-   begin together, so no timed event shares the machine with a process's start-up. Each
-   run publishes at the rate for ``--lead-in`` seconds (2 by default) before its timed
-   ``--seconds``: the same events, handled the same way, not counted. Latency is measured
-   in steady state, not from a standing start (in the first second after an idle pause
-   the p99 of a 5-per-transaction run was 2-3x that of the seconds after it).
+   per transaction, one by default), each timed to its handler starting, through a
+   ``tenantry relay`` process, Kafka and a tenantry consumer (inbox, tenant transaction)
+   in this process; also through the embedded mode (no broker: the consumer reads the
+   outbox). Each run publishes at the rate for ``--lead-in`` seconds (2 by default)
+   before its timed ``--seconds``: the same events, handled the same way, not counted.
+   Latency is measured in steady state, not from a standing start (in the first second
+   after an idle pause the p99 of a 5-per-transaction run was 2-3x that of the seconds
+   after it).
 
-With ``--load pgbench`` the latency runs publish with pgbench instead of Python publisher
-processes: transactions of the documented raw-SQL publishing path (tenant binding,
-``tenantry.append_events``, ``COMMIT`` and the relays' wake-up in one message), at the rate
-on pgbench's schedule, from a C client whose own CPU does not crowd the pipeline on a small
-machine. Each event is then timed from the database clock as it is written (before its
-COMMIT: stricter than commit -> handler) to its handler starting.
+Two loads publish the latency runs (``--load``; by default both, through Kafka):
+
+- ``pgbench``: transactions of the documented raw-SQL publishing path (the tenant binding
+  and ``tenantry.append_events`` in one message, then ``COMMIT`` with the relays' wake-up
+  in another), at the rate on pgbench's schedule, from a C client
+  whose own CPU does not crowd the pipeline on a small machine. Each event is timed from
+  the database clock as it is written (before its COMMIT: stricter than commit -> handler)
+  to its handler starting. The p99 goal is judged on this load: it measures the pipeline,
+  as it runs where the publishers are other machines' application servers.
+- ``python``: ``--publishers`` Python processes publishing through tenantry's API on this
+  same machine, timed from COMMIT returning. They start, warm up (untimed events the
+  consumer has no handler for) and then begin together, so no timed event shares the
+  machine with a process's start-up. On two cores they take about one of them (with
+  their PostgreSQL backends), so this row shows the pipeline squeezed by its load.
+
+Each latency run also reports the CPU each part used over its timed window (from
+``/proc``, in % of one core): the relay process, the consumer (this process), the Kafka
+broker, PostgreSQL (every backend), the load, and the whole machine.
 
 Usage: ``.venv/bin/python bench/events.py`` (``scripts/services start postgres kafka``
 first). Nothing is asserted; medians of ``--rounds`` rounds are printed with ratios.
@@ -39,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -47,7 +58,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +70,8 @@ from psycopg import AsyncConnection
 from _common import (
     REPO_DIR,
     base_parser,
+    cpu_by_part,
+    cpu_shares,
     environment,
     note,
     percentile,
@@ -80,6 +93,8 @@ from tenantry.events.schema import OUTBOX_CHANNEL
 from tenantry.process import freeze_startup_heap
 
 DEFAULT_KAFKA = "127.0.0.1:19092"
+LOADS = ("pgbench", "python")
+"""The latency loads ``--load both`` runs, the first (judged) one first."""
 TENANTS = 8
 WARMUP_TRANSACTIONS = 64  # per publisher process, before the timed run
 
@@ -146,9 +161,19 @@ def _records(relay: OutboxRelay, topic: str, count: int, tenants: list[Tenant]) 
     return [relay.record(row) for row in rows]
 
 
+WARM_RECORDS = 100
+"""Records each producer (raw or the relay's) sends before it is timed: connecting, the
+topic's metadata and the idempotent producer id are not what the rates compare."""
+
+
 def raw_confluent(bootstrap: str, records: list[Record]) -> float:
-    """Events/s of confluent-kafka alone (produce everything, wait for every ack)."""
+    """Events/s of confluent-kafka alone (produce everything, wait for every ack), after
+    :data:`WARM_RECORDS` untimed."""
     producer = Producer(producer_config(bootstrap))
+    warm = DeliveryTracker()
+    for topic, key, value, headers in records[:WARM_RECORDS]:
+        producer.produce(topic, value=value, key=key, headers=headers, on_delivery=warm)
+    flush_all(producer, warm, 60.0)
     tracker = DeliveryTracker()
     start = time.perf_counter()
     for topic, key, value, headers in records:
@@ -163,10 +188,15 @@ def raw_confluent(bootstrap: str, records: list[Record]) -> float:
 
 
 async def raw_aiokafka(bootstrap: str, records: list[Record]) -> float:
-    """Events/s of aiokafka alone."""
+    """Events/s of aiokafka alone, after :data:`WARM_RECORDS` untimed."""
     producer = AIOKafkaProducer(**_aio_config(bootstrap))
     await producer.start()
     try:
+        warm = [
+            await producer.send(topic, value=value, key=key, headers=headers)
+            for topic, key, value, headers in records[:WARM_RECORDS]
+        ]
+        await asyncio.gather(*warm)
         start = time.perf_counter()
         futures = [
             await producer.send(topic, value=value, key=key, headers=headers)
@@ -332,16 +362,57 @@ def _spawn(args: list[str], env: dict[str, str], *, piped: bool = False) -> subp
     )
 
 
+def _part_of(relay_pid: int | None, loaders: Collection[int]) -> Callable[[int, str], str | None]:
+    """Which part of a latency run a process is (for :func:`cpu_by_part`)."""
+    me = os.getpid()
+
+    def part_of(pid: int, command: str) -> str | None:
+        if pid == me:
+            return "consumer"
+        if pid == relay_pid:
+            return "relay"
+        if command == "postgres":
+            return "PostgreSQL"
+        if command == "pgbench" or pid in loaders:
+            return "load"
+        if command == "java":
+            with contextlib.suppress(OSError):
+                if b"kafka" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return "Kafka"
+        return None
+
+    return part_of
+
+
+CPU_PARTS = ("relay", "consumer", "Kafka", "PostgreSQL", "load", "machine")
+
+
+async def _cpu_window(
+    part_of: Callable[[int, str], str | None], lead_in: float, seconds: float
+) -> dict[str, float]:
+    """Each part's CPU (% of one core) over ``seconds``, after ``lead_in`` seconds."""
+    await asyncio.sleep(lead_in)
+    before = await asyncio.to_thread(cpu_by_part, part_of)
+    start = time.perf_counter()
+    await asyncio.sleep(seconds)
+    after = await asyncio.to_thread(cpu_by_part, part_of)
+    return cpu_shares(before, after, time.perf_counter() - start)
+
+
+LatencyRun = tuple[list[float], float, dict[str, float]]
+"""One latency run: handler latencies (ms), the rate reached, CPU per part (% of a core)."""
+
+
 async def latency(
-    platform: Platform, tenants: list[Tenant], args: Any, group: str
-) -> tuple[list[float], float]:
-    """Handler latencies (ms) and the rate reached: publisher processes (or pgbench, with
-    ``--load pgbench``), a relay process (Kafka mode) and this process's consumer, as they
-    would run in production. Events are timed from their COMMIT returning (or, from
+    platform: Platform, tenants: list[Tenant], args: Any, group: str, load: str
+) -> LatencyRun:
+    """Handler latencies (ms), the rate reached and the CPU each part used: publisher
+    processes (or pgbench), a relay process (Kafka mode) and this process's consumer, as
+    they would run in production. Events are timed from their COMMIT returning (or, from
     pgbench, from being written) to their handler starting."""
     handled: dict[str, float] = {}
     occurred: dict[str, float] = {}
-    from_write = args.load == "pgbench"
+    from_write = load == "pgbench"
     handlers = EventHandlers(group)
 
     @handlers.on("latency.probe")
@@ -370,13 +441,17 @@ async def latency(
     outs[0].parent.mkdir(parents=True, exist_ok=True)
     committed: dict[str, float] = {}
     achieved = float("nan")
+    cpu: dict[str, float] = {}
     try:
         await asyncio.wait_for(consumer.active.wait(), 60)
         await asyncio.sleep(2.0)  # the relay's start-up
+        relay_pid = relay.pid if relay is not None else None
         if from_write:
-            committed, achieved = await _pgbench_load(platform, tenants, args, occurred)
+            committed, achieved, cpu = await _pgbench_load(
+                platform, tenants, args, occurred, _part_of(relay_pid, ())
+            )
         else:
-            committed, achieved = await _python_load(tenants, args, env, outs)
+            committed, achieved, cpu = await _python_load(tenants, args, env, outs, relay_pid)
         await _until(lambda: committed.keys() <= handled.keys(), 30.0)
         note(
             f"published {len(committed)} at {achieved:,.0f}/s; "
@@ -393,15 +468,16 @@ async def latency(
                 await task
         for out in outs:
             await asyncio.to_thread(out.unlink, missing_ok=True)
-    return [(handled[k] - t) * 1000.0 for k, t in committed.items() if k in handled], achieved
+    ms = [(handled[k] - t) * 1000.0 for k, t in committed.items() if k in handled]
+    return ms, achieved, cpu
 
 
 async def _python_load(
-    tenants: list[Tenant], args: Any, env: dict[str, str], outs: list[Path]
-) -> tuple[dict[str, float], float]:
-    """Publish at the rate from ``args.publishers`` Python publisher processes (the
-    default load), started and warmed up first, then all at once. Returns the timed
-    events as ``{event id: COMMIT-returned time}`` and the rate reached."""
+    tenants: list[Tenant], args: Any, env: dict[str, str], outs: list[Path], relay_pid: int | None
+) -> tuple[dict[str, float], float, dict[str, float]]:
+    """Publish at the rate from ``args.publishers`` Python publisher processes, started
+    and warmed up first, then all at once. Returns the timed events as ``{event id:
+    COMMIT-returned time}``, the rate reached and the CPU per part over the timed window."""
     # Several publisher processes share the rate: one Python process cannot publish
     # 1,000 transactions a second on a small machine.
     publishers = [
@@ -438,6 +514,8 @@ async def _python_load(
         assert publisher.stdin is not None
         publisher.stdin.write(b"go\n")
         publisher.stdin.flush()
+    part_of = _part_of(relay_pid, {publisher.pid for publisher in publishers})
+    cpu = await _cpu_window(part_of, args.lead_in, args.seconds)
     for publisher in publishers:
         code = await asyncio.to_thread(publisher.wait)
         if code != 0:
@@ -449,20 +527,26 @@ async def _python_load(
         committed.update(document["committed"])
         starts.append(document["started"])
         ends.append(document["ended"])
-    return committed, len(committed) / (max(ends) - min(starts))
+    return committed, len(committed) / (max(ends) - min(starts)), cpu
 
 
 async def _pgbench_load(
-    platform: Platform, tenants: list[Tenant], args: Any, occurred: dict[str, float]
-) -> tuple[dict[str, float], float]:
+    platform: Platform,
+    tenants: list[Tenant],
+    args: Any,
+    occurred: dict[str, float],
+    part_of: Callable[[int, str], str | None],
+) -> tuple[dict[str, float], float, dict[str, float]]:
     """Publish at the rate with pgbench (``--load pgbench``): a load generator in C whose
     own CPU does not compete with the pipeline the way Python publisher processes do. Its
     transactions are the raw-SQL publishing path (see :func:`pgbench_scripts`). Returns the
     timed window's events as ``{event id: occurred-at}`` (the database's clock as each was
-    written, before its COMMIT: the latencies then include the commit) and the rate
-    reached. Waits until every event pgbench committed has been handled (or 30 s)."""
+    written, before its COMMIT: the latencies then include the commit), the rate reached
+    and the CPU per part over the window. pgbench runs a second past the window, so that
+    it is still there when the window's CPU is read. Waits until every event pgbench
+    committed has been handled (or 30 s)."""
     tx_rate = args.rate / args.per_tx
-    duration = max(1, round(args.lead_in + args.seconds))
+    duration = math.ceil(args.lead_in + args.seconds) + 1
     directory = REPO_DIR / "bench" / "results" / ".pgbench"
     directory.mkdir(parents=True, exist_ok=True)
     files = []
@@ -489,9 +573,11 @@ async def _pgbench_load(
         platform.db.cell().app_url,
     ]
     started = time.time()
-    result = await asyncio.to_thread(
-        subprocess.run, command, capture_output=True, text=True, check=False
+    running = asyncio.create_task(
+        asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, check=False)
     )
+    cpu = await _cpu_window(part_of, args.lead_in, args.seconds)
+    result = await running
     if result.returncode != 0:
         raise SystemExit(f"pgbench failed ({result.returncode}):\n{result.stderr[-2000:]}")
     processed = next(
@@ -511,27 +597,34 @@ async def _pgbench_load(
     low = started + args.lead_in
     high = low + args.seconds
     window = {k: t for k, t in occurred.items() if low <= t < high}
-    return window, len(window) / args.seconds
+    return window, len(window) / args.seconds, cpu
 
 
-def _latency_run(ms: list[float], rate: float) -> dict[str, float]:
-    """One latency run's figures (ms)."""
+def _latency_run(run: LatencyRun) -> dict[str, Any]:
+    """One latency run's figures (ms), with its CPU per part (% of one core)."""
+    ms, rate, cpu = run
     return {
         "published_per_s": rate,
         "n": len(ms),
         "p50": percentile(ms, 50),
         "p99": percentile(ms, 99),
         "max": max(ms) if ms else float("nan"),
+        "cpu": cpu,
     }
 
 
-def _latency_summary(runs: list[dict[str, float]]) -> dict[str, Any]:
-    """Medians over the runs (a single run's p99 moves a lot on a shared machine), the
-    lowest rate reached, and every run."""
+def _latency_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the runs (a single run's p99 moves a lot on a shared machine; CPU per
+    part likewise), the lowest rate reached, and every run."""
     return {
         "published_per_s": min(r["published_per_s"] for r in runs),
         "p50": statistics.median(r["p50"] for r in runs),
         "p99": statistics.median(r["p99"] for r in runs),
+        "cpu": {
+            part: statistics.median(r["cpu"].get(part, 0.0) for r in runs)
+            for part in CPU_PARTS
+            if any(part in r["cpu"] for r in runs)
+        },
         "runs": runs,
     }
 
@@ -562,6 +655,9 @@ async def run(args: Any, url: str) -> dict[str, Any]:
         await aio.start()
         try:
             aio_relay = AioKafkaRelay(platform.db, events, aio)
+            for warming in (relay, aio_relay):  # as the raw producers are, untimed
+                await fill_outbox(platform, tenants, WARM_RECORDS)
+                await drain(warming)
             for round_ in range(args.rounds):
                 note(f"round {round_ + 1}/{args.rounds}")
                 results["raw_confluent"].append(
@@ -575,17 +671,28 @@ async def run(args: Any, url: str) -> dict[str, Any]:
         finally:
             await aio.stop()
         medians = {k: statistics.median(v) for k, v in results.items()}
-        kafka_runs = []
-        for k in range(args.latency_runs):
-            note(f"latency at {args.rate:g}/s through Kafka ({k + 1}/{args.latency_runs})")
-            kafka_runs.append(await latency(platform, tenants, args, "bench-latency"))
+        loads = LOADS if args.load == "both" else (args.load,)
+        kafka_runs: dict[str, list[LatencyRun]] = {}
+        for load in loads:
+            kafka_runs[load] = []
+            for k in range(args.latency_runs):
+                note(
+                    f"latency at {args.rate:g}/s through Kafka, {load} load "
+                    f"({k + 1}/{args.latency_runs})"
+                )
+                kafka_runs[load].append(
+                    await latency(platform, tenants, args, "bench-latency", load)
+                )
         embedded = Platform(replace(base, events=replace(events, kafka_bootstrap=None)), HR_SCHEMA)
         await embedded.start(listen=False, bootstrap=False)
         embedded_runs = []
         try:
             for k in range(args.latency_runs):
-                note(f"latency at {args.rate:g}/s, embedded ({k + 1}/{args.latency_runs})")
-                embedded_runs.append(await latency(embedded, tenants, args, "bench-emb"))
+                note(
+                    f"latency at {args.rate:g}/s, embedded, {loads[0]} load "
+                    f"({k + 1}/{args.latency_runs})"
+                )
+                embedded_runs.append(await latency(embedded, tenants, args, "bench-emb", loads[0]))
         finally:
             await embedded.stop()
     finally:
@@ -595,8 +702,11 @@ async def run(args: Any, url: str) -> dict[str, Any]:
         "throughput": results,
         "medians": medians,
         "latency": {
-            "kafka": [_latency_run(ms, rate) for ms, rate in kafka_runs],
-            "embedded": [_latency_run(ms, rate) for ms, rate in embedded_runs],
+            **{
+                f"kafka, {load} load": [_latency_run(run) for run in runs]
+                for load, runs in kafka_runs.items()
+            },
+            f"embedded, {loads[0]} load": [_latency_run(run) for run in embedded_runs],
         },
     }
 
@@ -630,10 +740,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--load",
-        choices=("python", "pgbench"),
-        default="python",
-        help="latency load: Python publisher processes using tenantry (commit -> handler), "
-        "or pgbench publishing through the raw-SQL path (written -> handler)",
+        choices=("both", *LOADS),
+        default="both",
+        help="latency load: pgbench publishing through the raw-SQL path (written -> "
+        "handler; the p99 goal is judged on it), Python publisher processes using tenantry "
+        "on this machine (commit -> handler), or both (through Kafka; embedded: pgbench)",
     )
     parser.add_argument("--publisher", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tenants", default="", help=argparse.SUPPRESS)
@@ -679,39 +790,46 @@ def main() -> None:
             ],
         ],
     )
-    kafka = _latency_summary(out["latency"]["kafka"])
-    embedded = _latency_summary(out["latency"]["embedded"])
-    rows = [
-        [
-            name,
-            summary["published_per_s"],
-            summary["p50"],
-            summary["p99"],
-            " / ".join(f"{r['p99']:.1f}" for r in summary["runs"]),
-        ]
-        for name, summary in (
-            ("Kafka (relay + consumer)", kafka),
-            ("embedded (outbox log)", embedded),
-        )
-    ]
-    timed = "Written (pgbench) -> handler" if args.load == "pgbench" else "Commit -> handler"
+    summaries = {path: _latency_summary(runs) for path, runs in out["latency"].items()}
+    judged_path = next(iter(summaries))  # Kafka under the first load
+    judged = summaries[judged_path]
+    alone = " (publish_alone)" if args.alone else ""
     print_table(
-        f"{timed} latency, {args.rate:g} events/s asked, {args.latency_runs} runs "
+        f"Latency to the handler, {args.rate:g} events/s asked, {args.latency_runs} runs "
         f"of {args.seconds:g} s after {args.lead_in:g} s at the rate, {args.per_tx} per "
-        f"transaction{' (publish_alone)' if args.alone and args.load == 'python' else ''} "
-        "(ms; medians of the runs)",
+        "transaction; pgbench: from each event's write, Python publishers: from COMMIT "
+        f"returning{alone} (ms; medians of the runs)",
         ["path", "published/s (lowest)", "p50", "p99", "p99 of each run"],
-        rows,
+        [
+            [
+                path,
+                summary["published_per_s"],
+                summary["p50"],
+                summary["p99"],
+                " / ".join(f"{r['p99']:.1f}" for r in summary["runs"]),
+            ]
+            for path, summary in summaries.items()
+        ],
     )
+    parts = [p for p in CPU_PARTS if any(p in s["cpu"] for s in summaries.values())]
+    if parts:
+        print_table(
+            "CPU over the timed windows (% of one core, medians of the runs; machine: of "
+            f"all {os.cpu_count()} CPUs together)",
+            ["path", *parts],
+            [
+                [path, *(summary["cpu"].get(part, float("nan")) for part in parts)]
+                for path, summary in summaries.items()
+            ],
+        )
     goals = [
         ["relay >= 20,000 events/s", m["relay_confluent"] >= 20_000],
         ["relay >= 50% of raw producer", ratio(m["relay_confluent"], m["raw_confluent"]) >= 0.5],
         [
-            f"p99 <= 50 ms at 1,000/s (Kafka, median of {args.latency_runs} runs; "
-            f"{kafka['published_per_s']:,.0f}/s reached at least, "
-            f"{args.per_tx}/transaction, {args.load} load"
-            f"{', publish_alone' if args.alone and args.load == 'python' else ''})",
-            kafka["p99"] <= 50 and kafka["published_per_s"] >= 950,
+            f"p99 <= 50 ms at 1,000/s ({judged_path}, median of {args.latency_runs} runs; "
+            f"{judged['published_per_s']:,.0f}/s reached at least, "
+            f"{args.per_tx}/transaction{alone})",
+            judged["p99"] <= 50 and judged["published_per_s"] >= 950,
         ],
     ]
     print_table("Goals (reported, not asserted)", ["goal", "met"], goals)
@@ -723,7 +841,7 @@ def main() -> None:
                 "environment": environment(args.admin_url),
                 "throughput": out["throughput"],
                 "medians": m,
-                "latency_ms": {"kafka": kafka, "embedded": embedded},
+                "latency_ms": summaries,
             },
         )
         note(f"wrote {path}")
