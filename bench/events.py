@@ -35,9 +35,10 @@ Two loads publish the latency runs (``--load``; by default both, through Kafka):
   machine with a process's start-up. On two cores they take about one of them (with
   their PostgreSQL backends), so this row shows the pipeline squeezed by its load.
 
-Each latency run also reports the CPU each part used over its timed window (from
-``/proc``, in % of one core): the relay process, the consumer (this process), the Kafka
-broker, PostgreSQL (every backend), the load, and the whole machine.
+Each latency run also reports the CPU each part used over its timed window, less the
+window's last second (from ``/proc``, in % of one core): the relay process, the consumer
+(this process), the Kafka broker, PostgreSQL (every backend), the load, and the whole
+machine.
 
 Usage: ``.venv/bin/python bench/events.py`` (``scripts/services start postgres kafka``
 first). Nothing is asserted; medians of ``--rounds`` rounds are printed with ratios.
@@ -390,7 +391,12 @@ CPU_PARTS = ("relay", "consumer", "Kafka", "PostgreSQL", "load", "machine")
 async def _cpu_window(
     part_of: Callable[[int, str], str | None], lead_in: float, seconds: float
 ) -> dict[str, float]:
-    """Each part's CPU (% of one core) over ``seconds``, after ``lead_in`` seconds."""
+    """Each part's CPU (% of one core) over the timed window that starts after ``lead_in``
+    seconds, less its last second (when it is longer than two): processes that finish at
+    its end (publishers closing their connections, and with them their PostgreSQL
+    backends) are still there to be read."""
+    if seconds > 2.0:
+        seconds -= 1.0
     await asyncio.sleep(lead_in)
     before = await asyncio.to_thread(cpu_by_part, part_of)
     start = time.perf_counter()
