@@ -266,3 +266,32 @@ async def test_processes_without_http_serve_metrics_on_their_own_port(settings: 
         await observability.stop()
     with pytest.raises(httpx.ConnectError):
         await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_observing_many_at_once_counts_as_observing_each() -> None:
+    """``observe_many`` (the relay's lags, per round) leaves a histogram exactly as one
+    ``observe`` per value would: values on a bucket's bound, between bounds, past the last
+    finite one, negative (counted as 0) and repeated."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from tenantry.observability.metrics import observe_many
+
+    values = [0.0, -1.0, 0.005, 0.0051, 0.1, 0.1, 2.5, 2.4999, 99.0, 1e9, 0.0001] * 3
+    registries = []
+    for bulk in (False, True):
+        registry = CollectorRegistry()
+        child = Histogram(
+            "lag_seconds", "lag", ["tier"], buckets=(0.005, 0.1, 2.5, 10.0), registry=registry
+        ).labels("pro")
+        if bulk:
+            observe_many(child, values)
+        else:
+            for value in values:
+                child.observe(max(0.0, value))
+        registries.append(registry)
+    one_by_one, at_once = (
+        [line for line in generate_latest(r).decode().splitlines() if "_created" not in line]
+        for r in registries
+    )
+    assert 'lag_seconds_bucket{le="0.005",tier="pro"} 12.0' in one_by_one
+    assert at_once == one_by_one

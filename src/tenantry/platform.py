@@ -90,7 +90,7 @@ class Platform:
         # Handlers run in a span continuing the publisher's trace, with consumer lag recorded.
         self.events.run_handler = self.observability.wrap_handler_runner(self.events.run_handler)
         if self.metrics.enabled:
-            self.events.observe_outbox_lag = self.metrics.outbox_lag
+            self.events.observe_outbox_lags = self.metrics.outbox_lags
         self.spares: SparePool | None = None
         self._compiled: CompiledTenantSchema | None = None
         self._lifecycle: TenantLifecycle | None = None

@@ -33,9 +33,9 @@ import functools
 import gc
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Producer
@@ -91,7 +91,7 @@ _CLAIM = (
     "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED)) "
     # Header values come back as text, formatted by PostgreSQL (cheaper than in Python).
     "RETURNING seq, event_id::text, tenant_id::text, tier, type, topic, subject, "
-    "schema_version::text, occurred_at, traceparent, payload::text, "
+    "schema_version::text, extract(epoch FROM occurred_at)::float8, traceparent, payload::text, "
     "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 )
 
@@ -149,8 +149,9 @@ class OutboxRelay:
         self.rounds = 0
         """Rounds that moved at least one event."""
         self.listening = asyncio.Event()
-        # Told (tier, seconds from commit to Kafka's ack) per relayed event (metrics).
-        self.observe_lag: Callable[[str, float], None] | None = None
+        # Told (tier, each event's seconds from its write to Kafka's ack) per round and
+        # tier (metrics).
+        self.observe_lags: Callable[[str, Sequence[float]], None] | None = None
 
     async def run(self) -> None:
         """Relay until cancelled; after a database or Kafka failure, retry shortly."""
@@ -230,11 +231,13 @@ class OutboxRelay:
                         done.close()
         self.relayed += len(moved)
         self.rounds += bool(moved)
-        if self.observe_lag is not None:
-            now = datetime.now(UTC)
-            for row in moved:  # tier, occurred_at (a metrics hook never fails the relay)
-                if isinstance(row[8], datetime):
-                    self.observe_lag(row[3], (now - row[8]).total_seconds())
+        if self.observe_lags is not None and moved:
+            now = time.time()
+            lags: dict[str, list[float]] = {}
+            for row in moved:  # tier, occurred_at (seconds since the epoch)
+                lags.setdefault(row[3], []).append(now - row[8])
+            for tier, seconds in lags.items():
+                self.observe_lags(tier, seconds)
         return len(moved)
 
     async def claim(self, conn: AsyncConnection[Any]) -> list[Any]:

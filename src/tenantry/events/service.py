@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -45,8 +45,9 @@ class Events:
         self.audit = AuditTrail(db)
         self.run_handler: HandlerRunner = call_handler
         """How handlers are invoked; observability replaces it to wrap each call."""
-        self.observe_outbox_lag: Callable[[str, float], None] | None = None
-        """Told (tier, seconds) per event the relay moved to Kafka (observability)."""
+        self.observe_outbox_lags: Callable[[str, Sequence[float]], None] | None = None
+        """Told (tier, seconds of each event) per relay round, for the events of each tier
+        it moved to Kafka (observability)."""
         self._background: dict[str, EventHandlers] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.consumers: list[OutboxLogConsumer | KafkaEventConsumer] = []
@@ -131,7 +132,7 @@ class Events:
         from tenantry.events.relay import OutboxRelay
 
         relay = OutboxRelay(self.db, self.settings)
-        relay.observe_lag = self.observe_outbox_lag
+        relay.observe_lags = self.observe_outbox_lags
         return relay
 
     def add_consumer(self, group: str, handlers: EventHandlers) -> None:
