@@ -127,11 +127,16 @@ class AioKafkaRelay(OutboxRelay):
         self.aio = producer
 
     async def send(self, records: list[Record]) -> Awaitable[None]:
-        futures = [
-            await self.aio.send(topic, value=value, key=key, headers=headers)
-            for topic, key, value, headers in records
-        ]
-        return asyncio.gather(*futures)
+        return await _aio_send(self.aio, records)
+
+
+async def _aio_send(producer: AIOKafkaProducer, records: list[Record]) -> Awaitable[Any]:
+    """Queue ``records`` on an aiokafka producer; what to await for all their acks."""
+    futures = [
+        await producer.send(topic, value=value, key=key, headers=headers)
+        for topic, key, value, headers in records
+    ]
+    return asyncio.gather(*futures)
 
 
 # -- raw producer rates ---------------------------------------------------------------------
@@ -171,12 +176,15 @@ def raw_confluent(bootstrap: str, records: list[Record]) -> float:
     """Events/s of confluent-kafka alone (produce everything, wait for every ack), after
     :data:`WARM_RECORDS` untimed."""
     producer = Producer(producer_config(bootstrap))
-    warm = DeliveryTracker()
-    for topic, key, value, headers in records[:WARM_RECORDS]:
-        producer.produce(topic, value=value, key=key, headers=headers, on_delivery=warm)
-    flush_all(producer, warm, 60.0)
-    tracker = DeliveryTracker()
+    _confluent_send(producer, records[:WARM_RECORDS])
     start = time.perf_counter()
+    _confluent_send(producer, records)
+    return len(records) / (time.perf_counter() - start)
+
+
+def _confluent_send(producer: Producer, records: list[Record]) -> None:
+    """Produce ``records`` and wait for every ack."""
+    tracker = DeliveryTracker()
     for topic, key, value, headers in records:
         while True:
             try:
@@ -185,7 +193,6 @@ def raw_confluent(bootstrap: str, records: list[Record]) -> float:
             except BufferError:
                 producer.poll(0.05)
     flush_all(producer, tracker, 120.0)
-    return len(records) / (time.perf_counter() - start)
 
 
 async def raw_aiokafka(bootstrap: str, records: list[Record]) -> float:
@@ -193,17 +200,9 @@ async def raw_aiokafka(bootstrap: str, records: list[Record]) -> float:
     producer = AIOKafkaProducer(**_aio_config(bootstrap))
     await producer.start()
     try:
-        warm = [
-            await producer.send(topic, value=value, key=key, headers=headers)
-            for topic, key, value, headers in records[:WARM_RECORDS]
-        ]
-        await asyncio.gather(*warm)
+        await (await _aio_send(producer, records[:WARM_RECORDS]))
         start = time.perf_counter()
-        futures = [
-            await producer.send(topic, value=value, key=key, headers=headers)
-            for topic, key, value, headers in records
-        ]
-        await asyncio.gather(*futures)
+        await (await _aio_send(producer, records))
         return len(records) / (time.perf_counter() - start)
     finally:
         await producer.stop()
