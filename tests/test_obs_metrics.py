@@ -268,21 +268,24 @@ async def test_processes_without_http_serve_metrics_on_their_own_port(settings: 
         await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/metrics", timeout=2)
 
 
-def test_observing_many_at_once_counts_as_observing_each() -> None:
+@pytest.mark.parametrize("bounds", [(0.005, 0.1, 2.5, 10.0), (-2.0, -0.5, 0.0, 0.1, 99.0)])
+def test_observing_many_at_once_counts_as_observing_each(bounds: tuple[float, ...]) -> None:
     """``observe_many`` (the relay's lags, per round) leaves a histogram exactly as one
     ``observe`` per value would: values on a bucket's bound, between bounds, past the last
-    finite one, negative (counted as 0) and repeated."""
+    finite one, negative (counted as 0, so below a negative bound's bucket) and repeated,
+    in no order."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
     from tenantry.observability.metrics import observe_many
 
     values = [0.0, -1.0, 0.005, 0.0051, 0.1, 0.1, 2.5, 2.4999, 99.0, 1e9, 0.0001] * 3
+    values += sorted(values, reverse=True)
     registries = []
     for bulk in (False, True):
         registry = CollectorRegistry()
-        child = Histogram(
-            "lag_seconds", "lag", ["tier"], buckets=(0.005, 0.1, 2.5, 10.0), registry=registry
-        ).labels("pro")
+        child = Histogram("lag_seconds", "lag", ["tier"], buckets=bounds, registry=registry).labels(
+            "pro"
+        )
         if bulk:
             observe_many(child, values)
         else:
@@ -293,5 +296,9 @@ def test_observing_many_at_once_counts_as_observing_each() -> None:
         [line for line in generate_latest(r).decode().splitlines() if "_created" not in line]
         for r in registries
     )
-    assert 'lag_seconds_bucket{le="0.005",tier="pro"} 12.0' in one_by_one
+    if bounds[0] > 0:
+        assert 'lag_seconds_bucket{le="0.005",tier="pro"} 24.0' in one_by_one
+    else:
+        assert 'lag_seconds_bucket{le="-0.5",tier="pro"} 0.0' in one_by_one
+        assert 'lag_seconds_bucket{le="0.0",tier="pro"} 12.0' in one_by_one
     assert at_once == one_by_one

@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 from confluent_kafka import Producer
@@ -95,12 +96,25 @@ _CLAIM = (
     "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 )
 
+_SEQ, _TIER, _OCCURRED = itemgetter(0), itemgetter(3), itemgetter(8)
+"""A claimed row's ``seq``, ``tier`` and occurred-at (seconds since the epoch)."""
+
 _PREPARED_CLAIM = Prepared(
     "tenantry_relay_claim",
     _CLAIM.replace("%s", "$1", 1).replace("%s", "$2", 1).replace("%s", "$3", 1),
 )
 """The claim that opens a round, sent with ``BEGIN``: prepared, not planned anew each round
 (as text it cost the server 1.24 ms of CPU per round, by name 0.41 ms)."""
+
+
+def _add_occurred(occurred: dict[str, list[float]], rows: list[Any]) -> None:
+    """Append each claimed row's occurred-at to its tier's list in ``occurred``."""
+    tiers = set(map(_TIER, rows))
+    if len(tiers) == 1:  # the common case, without a step per row in Python
+        occurred.setdefault(tiers.pop(), []).extend(map(_OCCURRED, rows))
+        return
+    for row in rows:
+        occurred.setdefault(row[3], []).append(row[8])
 
 
 @contextmanager
@@ -194,7 +208,8 @@ class OutboxRelay:
             return await self._round()
 
     async def _round(self) -> int:
-        moved: list[Any] = []
+        moved = 0
+        occurred: dict[str, list[float]] = {}  # per tier, each moved event's occurred-at
         # The round's first claim rides in the message that opens its transaction.
         async with self.db.transaction(cell=self.cell, first=self._first_claim) as conn:
             acknowledged: list[Awaitable[None]] = []
@@ -213,7 +228,11 @@ class OutboxRelay:
                     await self.topics.ensure({row[5] for row in rows})
                     records = [self.record(row) for row in rows]
                     acknowledged.append(await self.send(records))
-                    moved += rows
+                    moved += len(rows)
+                    if self.observe_lags is not None:
+                        _add_occurred(occurred, rows)
+                    # Freed now, while the server claims, not once the round is over.
+                    records = rows = []
                     if following is None:
                         break
                     rows, following = await following, None  # Kafka sends meanwhile
@@ -229,16 +248,13 @@ class OutboxRelay:
                 for done in acknowledged:  # any not awaited: closed without a warning
                     if inspect.iscoroutine(done):
                         done.close()
-        self.relayed += len(moved)
+        self.relayed += moved
         self.rounds += bool(moved)
-        if self.observe_lags is not None and moved:
+        if self.observe_lags is not None and occurred:
             now = time.time()
-            lags: dict[str, list[float]] = {}
-            for row in moved:  # tier, occurred_at (seconds since the epoch)
-                lags.setdefault(row[3], []).append(now - row[8])
-            for tier, seconds in lags.items():
-                self.observe_lags(tier, seconds)
-        return len(moved)
+            for tier, times in occurred.items():
+                self.observe_lags(tier, [now - t for t in times])
+        return moved
 
     async def claim(self, conn: AsyncConnection[Any]) -> list[Any]:
         """Take (delete, in ``conn``'s open transaction) the next batch, oldest first."""
@@ -256,7 +272,7 @@ class OutboxRelay:
 
     @staticmethod
     def _claimed(rows: list[Any]) -> list[Any]:
-        rows.sort(key=lambda row: row[0])
+        rows.sort(key=_SEQ)
         return rows
 
     def record(self, row: Any) -> Record:

@@ -16,8 +16,7 @@ time (pools, SLO objectives) are those of the worker that answers.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections import Counter as Tally
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -328,9 +327,15 @@ def observe_many(histogram: Any, values: Sequence[float]) -> None:
         for value in values:
             histogram.observe(max(0.0, value))
         return
-    clamped = [value if value > 0.0 else 0.0 for value in values]
-    # An observation counts in the first bucket whose upper bound is at least its value
-    # (the last bound is +Inf).
-    for index, count in Tally(bisect_left(bounds, value) for value in clamped).items():
-        buckets[index].inc(count)
-    total.inc(sum(clamped))
+    # Sorted (a round's lags come nearly sorted, which sorting finds in one pass), each
+    # bucket's count is two binary searches instead of one search per value. A value counts
+    # in the first bucket whose upper bound is at least it (the last bound is +Inf); one
+    # at most 0 counts as 0, in every bucket whose bound is not negative.
+    ordered = sorted(values)
+    below = 0
+    for bucket, bound in zip(buckets, bounds, strict=True):
+        upto = bisect_right(ordered, bound) if bound >= 0.0 else 0
+        if upto > below:
+            bucket.inc(upto - below)
+            below = upto
+    total.inc(sum(filter((0.0).__lt__, values)))  # in their order: the same float sum
