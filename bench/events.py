@@ -161,6 +161,7 @@ def _records(relay: OutboxRelay, topic: str, count: int, tenants: list[Tenant]) 
             None,
             f'{{"i": {i}, "name": "employee", "department_id": 7}}',
             format_time(now),
+            count,
         )
         for i in range(count)
     ]

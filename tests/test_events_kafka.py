@@ -22,6 +22,7 @@ from hr_example import HR_SCHEMA
 from tenantry import Platform, Settings, current_tenant, run_in_executor
 from tenantry.catalog import Tenant
 from tenantry.events import Event, EventHandlers
+from tenantry.events import relay as relay_module
 from tenantry.events.consumer import KafkaEventConsumer, _InFlight
 from tenantry.events.errors import KafkaUnavailableError
 from tenantry.events.kafka import TopicAdmin
@@ -256,6 +257,54 @@ async def test_a_relay_leaves_the_shards_another_relay_holds_and_locks_only_what
     claimed, locks = await claim()
     assert claimed == held_ids + free_ids
     assert locks == 2
+
+
+async def test_a_claim_reads_its_window_of_the_outbox_not_the_whole_backlog(
+    kafka_platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """With 6 batches of 4 tenants waiting, no step of a claim's plan handles more rows
+    than one batch (PostgreSQL used to read past it, up to the whole outbox sorted for each
+    claim, so that draining a backlog cost its square); the claims then take everything,
+    in publishing order."""
+    tenants = [await make_tenant("kfk") for _ in range(4)]
+    kind = f"{family()}.window"
+    batch = 200
+    relay = OutboxRelay(
+        kafka_platform.db, replace(kafka_platform.settings.events, relay_batch=batch)
+    )
+    await _drain(relay)  # rows other tests left behind
+    ids: list[UUID] = []
+    for start in range(0, 6 * batch, batch // 2):  # 6 batches, the tenants' rows interleaved
+        tenant = tenants[start // (batch // 2) % len(tenants)]
+        ids += await _publish(kafka_platform, tenant, kind, batch // 2, start)
+    owner = kafka_platform.db.cell().owner_pool
+    async with owner.connection() as conn:
+        await conn.execute("ANALYZE tenantry.outbox")  # the planner knows the backlog
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + relay_module._CLAIM, relay._claim_values
+            )
+            explained = await cur.fetchone()
+    assert explained is not None
+    nodes = [explained[0][0]["Plan"]]
+    handled = {}
+    while nodes:
+        node = nodes.pop()
+        nodes += node.get("Plans", [])
+        handled[node["Node Type"], node.get("Relation Name")] = max(
+            handled.get((node["Node Type"], node.get("Relation Name")), 0),
+            node["Actual Rows"] * node["Actual Loops"],
+        )
+    assert max(handled.values()) == batch, handled
+    claimed: list[UUID] = []
+    while True:
+        async with kafka_platform.db.transaction() as conn:
+            rows = await relay.claim(conn)
+        if not rows:
+            break
+        assert len(rows) == batch
+        claimed += [UUID(row[1]) for row in rows]
+    assert claimed == ids
 
 
 class _FailingRelay(OutboxRelay):
