@@ -142,11 +142,9 @@ async def _aio_send(producer: AIOKafkaProducer, records: list[Record]) -> Awaita
 # -- raw producer rates ---------------------------------------------------------------------
 def _records(relay: OutboxRelay, topic: str, count: int, tenants: list[Tenant]) -> list[Record]:
     """Records exactly like the relay's, without a database."""
-    from datetime import UTC, datetime
+    from tenantry.events.envelope import uuid7
 
-    from tenantry.events.envelope import format_time, uuid7
-
-    now = datetime.now(UTC)
+    now = time.time()
     rows = [  # the columns OutboxRelay.claim returns
         (
             i,
@@ -160,7 +158,6 @@ def _records(relay: OutboxRelay, topic: str, count: int, tenants: list[Tenant]) 
             now,
             None,
             f'{{"i": {i}, "name": "employee", "department_id": 7}}',
-            format_time(now),
             count,
         )
         for i in range(count)

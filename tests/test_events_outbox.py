@@ -16,6 +16,7 @@ import pytest
 from tenantry import Platform, tenant_scope
 from tenantry.catalog import Tenant
 from tenantry.events import InvalidEventError, NewEvent, NoTransactionError, outbox
+from tenantry.events.envelope import format_epoch, format_time
 from tenantry.events.schema import EVENTS_DDL
 from tests.events_helpers import family, heard
 
@@ -43,6 +44,30 @@ async def _chained_in_publish_order(platform: Platform, tenant: Tenant, ids: lis
     report = await platform.events.audit.verify(tenant.id)
     assert report.ok, report.problems
     assert report.head_position == len(ids)
+
+
+async def test_an_epoch_from_postgresql_formats_as_its_timestamp(platform: Platform) -> None:
+    """``format_epoch`` (the relay's ``ce_time``) of PostgreSQL's ``date_part('epoch', t)``
+    spells ``t`` as ``format_time`` does, to the microsecond, on second and day boundaries
+    and from 1970 to 2100."""
+    moments = [
+        "1970-01-01 00:00:00+00",
+        "1999-12-31 23:59:59.999999+00",
+        "2026-11-27 11:28:07.000001+00",
+        "2026-11-27 11:28:07.5+01",
+        "2100-02-28 23:59:59.999999+00",
+    ]
+    async with platform.db.transaction() as conn:
+        cur = await conn.execute(
+            "SELECT t, date_part('epoch', t) FROM unnest(%s::timestamptz[]) t UNION ALL "
+            "SELECT t, date_part('epoch', t) FROM generate_series('2026-11-27 11:00:00+00'"
+            "::timestamptz, '2026-11-27 11:00:01+00', '7919 microseconds') t",
+            (moments,),
+        )
+        rows = await cur.fetchall()
+    assert len(rows) == len(moments) + 127
+    assert [format_epoch(epoch) for _, epoch in rows] == [format_time(t) for t, _ in rows]
+    assert format_epoch(rows[1][1]) == "1999-12-31T23:59:59.999999Z"
 
 
 async def test_publish_writes_the_envelope_in_the_callers_transaction(

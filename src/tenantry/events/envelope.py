@@ -24,6 +24,7 @@ header                 value (UTF-8)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -102,6 +103,19 @@ uuid7 = _UUID7()
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds, as ``ce_time`` and the audit hash spell it."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_epoch(seconds: float) -> str:
+    """:func:`format_time` of the moment ``seconds`` after the Unix epoch, as PostgreSQL's
+    ``date_part('epoch', ...)`` gives it (a float8 holds microseconds exactly enough to get
+    them back until long after 2100). Each second is formatted once for all its events."""
+    whole, micros = divmod(round(seconds * 1_000_000), 1_000_000)
+    return f"{_utc_second(whole)}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 @dataclass(frozen=True, slots=True)
