@@ -201,8 +201,8 @@ async def test_a_backlog_is_relayed_in_pipelined_rounds_in_order(
     kafka_platform: Platform, kafka_bootstrap: str, make_tenant: MakeTenant
 ) -> None:
     """Under a backlog one round (one transaction) makes CLAIMS_PER_ROUND full claims,
-    each while Kafka acknowledges the last; what is left comes in the next round, and the
-    tenant's records are in publishing order."""
+    each while Kafka acknowledges the last, and says a backlog is left; what is left comes
+    in the next round, and the tenant's records are in publishing order."""
     tenant = await make_tenant("kfk")
     fam = family()
     kind = f"{fam}.tick"
@@ -210,7 +210,9 @@ async def test_a_backlog_is_relayed_in_pipelined_rounds_in_order(
     await _drain(relay)  # rows other tests left behind
     ids = await _publish(kafka_platform, tenant, kind, 5 * CLAIMS_PER_ROUND + 3)
     assert await relay.relay_batch() == 5 * CLAIMS_PER_ROUND
+    assert relay.backlog  # its last window was full: the next round comes at once
     assert await relay.relay_batch() == 3
+    assert not relay.backlog
     assert await relay.relay_batch() == 0
     topic = kafka_platform.settings.events.topic_prefix + fam
     records = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, len(ids))
