@@ -66,8 +66,8 @@ async def test_an_epoch_from_postgresql_formats_as_its_timestamp(platform: Platf
         )
         rows = await cur.fetchall()
     assert len(rows) == len(moments) + 127
-    assert [format_epoch(epoch) for _, epoch in rows] == [format_time(t) for t, _ in rows]
-    assert format_epoch(rows[1][1]) == "1999-12-31T23:59:59.999999Z"
+    assert [format_epoch(epoch).decode() for _, epoch in rows] == [format_time(t) for t, _ in rows]
+    assert format_epoch(rows[1][1]) == b"1999-12-31T23:59:59.999999Z"
 
 
 async def test_publish_writes_the_envelope_in_the_callers_transaction(

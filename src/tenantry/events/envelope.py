@@ -105,17 +105,18 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def format_epoch(seconds: float) -> str:
-    """:func:`format_time` of the moment ``seconds`` after the Unix epoch, as PostgreSQL's
-    ``date_part('epoch', ...)`` gives it (a float8 holds microseconds exactly enough to get
-    them back until long after 2100). Each second is formatted once for all its events."""
-    whole, micros = divmod(round(seconds * 1_000_000), 1_000_000)
-    return f"{_utc_second(whole)}.{micros:06d}Z"
+def format_epoch(seconds: float) -> bytes:
+    """:func:`format_time` (in ASCII bytes, a header's value) of the moment ``seconds``
+    after the Unix epoch, as PostgreSQL's ``date_part('epoch', ...)`` gives it (a float8
+    holds microseconds exactly enough to get them back until long after 2100). Each second
+    is formatted once for all its events."""
+    micros = round(seconds * 1_000_000)
+    return b"%s.%06dZ" % (_utc_second(micros // 1_000_000), micros % 1_000_000)
 
 
 @functools.lru_cache(maxsize=64)
-def _utc_second(whole: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+def _utc_second(whole: int) -> bytes:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
 
 
 @dataclass(frozen=True, slots=True)
