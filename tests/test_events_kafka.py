@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg import AsyncConnection
 
 from hr_example import HR_SCHEMA
@@ -26,7 +26,7 @@ from tenantry.events import relay as relay_module
 from tenantry.events.consumer import KafkaEventConsumer, _InFlight
 from tenantry.events.envelope import format_time
 from tenantry.events.errors import KafkaUnavailableError
-from tenantry.events.kafka import TopicAdmin
+from tenantry.events.kafka import TopicAdmin, producer_config
 from tenantry.events.relay import CLAIMS_PER_ROUND, OutboxRelay
 from tenantry.events.schema import RELAY_LOCK
 from tests.events_helpers import (
@@ -360,6 +360,27 @@ async def test_a_round_that_fails_rolls_back_all_of_its_claims(
     records = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, sent)
     assert len(records) == sent
     assert {UUID(dict(r.headers())["ce_id"].decode()) for r in records} == set(ids)
+
+
+async def test_a_record_kafka_never_acknowledges_fails_its_round(
+    kafka_platform: Platform, make_tenant: MakeTenant
+) -> None:
+    """Acknowledged records are not reported one by one, but a record that is not delivered
+    is: with a broker that cannot be reached and a 0.5 s message timeout, the round raises
+    and its events stay in the outbox."""
+    tenant = await make_tenant("kfk")
+    kind = f"{family()}.lost"
+    settings = kafka_platform.settings.events
+    await _drain(OutboxRelay(kafka_platform.db, settings))
+    ids = await _publish(kafka_platform, tenant, kind, 3)
+    nowhere = Producer(producer_config("127.0.0.1:1", **{"message.timeout.ms": 500}))
+    assert producer_config("127.0.0.1:1")["delivery.report.only.error"] is True
+    relay = OutboxRelay(kafka_platform.db, settings, producer=nowhere)
+    with pytest.raises(KafkaUnavailableError, match="timed out"):
+        await relay.relay_batch()
+    async with kafka_platform.db.transaction() as conn:
+        cur = await conn.execute("SELECT count(*) FROM tenantry.outbox WHERE type = %s", (kind,))
+        assert await cur.fetchone() == (len(ids),)
 
 
 async def test_two_relays_at_once_deliver_everything_in_tenant_order(

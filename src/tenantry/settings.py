@@ -263,7 +263,8 @@ class EventsSettings:
     ``topic_partitions``: partitions of the topics the relay creates. A handler that raises
     is retried ``max_attempts`` times in all, ``backoff`` seconds after the first failure,
     doubling up to ``max_backoff``; then the event goes to the dead-letter queue and its
-    tenant's later events go on. ``relay_batch``: outbox rows one relay claim takes;
+    tenant's later events go on. ``relay_batch``: oldest outbox rows one relay claim looks
+    at (its window: it takes those of the tenant shards it can lock);
     ``consumer_batch``: records one consumer poll takes; ``concurrency``: tenants processed
     at once by one consumer. ``consume_in_app``: run the app's consumers inside the web
     process (the embedded default does; with Kafka, run ``tenantry consume`` instead).

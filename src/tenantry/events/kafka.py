@@ -23,7 +23,13 @@ logger = logging.getLogger("tenantry.events.kafka")
 
 def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
     """An idempotent producer: ``acks=all``, retries without duplicates or reordering
-    within a partition, small lingering so batches fill under load."""
+    within a partition, small lingering so batches fill under load.
+
+    Only failed deliveries are reported (``delivery.report.only.error``): tenantry waits
+    for acknowledgements with ``flush`` and only needs to know what failed, and a callback
+    per acknowledged record made the thread that flushes take the GIL from the relay's
+    event loop once per record (relay drains of 30,000 events, ten in-process alternating
+    pairs, twice: 1.055x and 1.079x the events/s with successes left unreported)."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,
@@ -34,6 +40,7 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
         "compression.type": "lz4",
         "message.timeout.ms": 120_000,
         "client.id": "tenantry-relay",
+        "delivery.report.only.error": True,
     }
     config.update(overrides)
     return config
@@ -127,7 +134,8 @@ def _await_topics(futures: dict[str, Any], verb: str, *, benign: int) -> list[st
 
 
 class DeliveryTracker:
-    """Counts a producer's outstanding deliveries and remembers the first failure."""
+    """A produce call's ``on_delivery``: remembers the first failed delivery (successful
+    ones are not reported, see :func:`producer_config`)."""
 
     def __init__(self) -> None:
         self.failed: KafkaError | None = None
