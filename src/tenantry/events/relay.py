@@ -37,6 +37,7 @@ import functools
 import gc
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -191,7 +192,8 @@ class OutboxRelay:
         self._source: Header = (H_SOURCE, self.source)
         self._types, self._tiers = _Headers(H_TYPE), _Headers(H_TIER)
         self._versions = _Headers(H_SCHEMA_VERSION)
-        self._time_of, self._time = -1.0, (H_TIME, b"")  # the last ce_time built
+        # The last ce_time built, and the occurred-at it is of (NaN equals no moment).
+        self._time_of, self._time = math.nan, (H_TIME, b"")
         self.producer = producer or Producer(producer_config(settings.kafka_bootstrap))
         self.topics = TopicAdmin(settings.kafka_bootstrap, partitions=settings.topic_partitions)
         self.idle_seconds = idle_seconds
