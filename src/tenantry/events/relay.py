@@ -112,9 +112,9 @@ _CLAIM = (
     "(SELECT count(*) FROM oldest)"
 )
 
-_SEQ, _TIER, _OCCURRED, _WINDOW = itemgetter(0), itemgetter(3), itemgetter(8), 11
-"""A claimed row's ``seq``, ``tier``, occurred-at (seconds since the epoch), and the
-position of its claim's window size."""
+_SEQ, _TIER, _OCCURRED, _WINDOW = itemgetter(0), itemgetter(3), itemgetter(8), itemgetter(11)
+"""A claimed row's ``seq``, ``tier``, occurred-at (seconds since the epoch) and its
+claim's window size."""
 
 _PREPARED_CLAIM = Prepared(
     "tenantry_relay_claim",
@@ -147,7 +147,7 @@ def _add_occurred(occurred: dict[str, list[float]], rows: list[Any]) -> None:
         occurred.setdefault(tiers.pop(), []).extend(map(_OCCURRED, rows))
         return
     for row in rows:
-        occurred.setdefault(row[3], []).append(row[8])
+        occurred.setdefault(_TIER(row), []).append(_OCCURRED(row))
 
 
 @contextmanager
@@ -188,8 +188,7 @@ class OutboxRelay:
         self.db = db
         self.settings = settings
         self.cell = cell
-        self.source = f"/tenantry/{db.cell(cell).name}".encode()
-        self._source: Header = (H_SOURCE, self.source)
+        self._source: Header = (H_SOURCE, f"/tenantry/{db.cell(cell).name}".encode())
         self._types, self._tiers = _Headers(H_TYPE), _Headers(H_TIER)
         self._versions = _Headers(H_SCHEMA_VERSION)
         # The last ce_time built, and the occurred-at it is of (NaN equals no moment).
@@ -257,11 +256,10 @@ class OutboxRelay:
         async with self.db.transaction(cell=self.cell, first=self._first_claim) as conn:
             acknowledged: list[Awaitable[None]] = []
             following: asyncio.Task[list[Any]] | None = None
-            self.backlog = False
             try:
                 rows = self._claimed(first_rows(conn))
+                self.backlog = self._window_full(rows)
                 while rows:
-                    self.backlog = rows[0][_WINDOW] >= self.settings.relay_batch
                     if self.backlog and len(acknowledged) + 1 < CLAIMS_PER_ROUND:
                         # A full window: the next claim goes to the server now, and the
                         # server runs it while this one's records are built and produced
@@ -279,7 +277,7 @@ class OutboxRelay:
                     if following is None:
                         break
                     rows, following = await following, None  # Kafka sends meanwhile
-                    self.backlog = False  # unless these rows say otherwise
+                    self.backlog = self._window_full(rows)
                 for done in acknowledged:
                     await done
             except KafkaUnavailableError:
@@ -313,6 +311,10 @@ class OutboxRelay:
     def _first_claim(self) -> Prepared:
         """:meth:`claim`, prepared on each connection, to open a round with."""
         return _PREPARED_CLAIM.bind(*self._claim_values)
+
+    def _window_full(self, rows: list[Any]) -> bool:
+        """Whether the claim that took ``rows`` found its window full."""
+        return bool(rows) and _WINDOW(rows[0]) >= self.settings.relay_batch
 
     @staticmethod
     def _claimed(rows: list[Any]) -> list[Any]:
